@@ -1,0 +1,113 @@
+"""Batched few-shot evaluation of a task: prompts → batches → one forward each → accuracy."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from icl_mech.errors import IclMechError
+from icl_mech.hooks import run
+from icl_mech.prompts import ICLPrompt, PromptBatch, Task
+
+
+def build_prompts(task: Task, shots: int, queries: Sequence, seed: int = 0) -> list[ICLPrompt]:
+    """One prompt per query; ``shots`` demonstrations per class (or in all, for io tasks),
+    drawn from the task's examples other than the query. ``shots=0`` gives zero-shot prompts."""
+    rng = random.Random(seed)
+    if shots == 0:
+        return [ICLPrompt.zero_shot(task, q) for q in queries]
+    return [
+        ICLPrompt.build(task, task.sample_demonstrations(shots, rng, exclude=q), q) for q in queries
+    ]
+
+
+def batches(
+    model, prompts: Sequence[ICLPrompt], batch_size: int = 16, progress: bool | str = False
+) -> Iterator[PromptBatch]:
+    if batch_size < 1:
+        raise IclMechError(f"batch_size must be at least 1, got {batch_size}")
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        starts = tqdm(starts, desc=progress if isinstance(progress, str) else None, leave=False)
+    for start in starts:
+        yield PromptBatch.from_prompts(model, prompts[start : start + batch_size])
+
+
+def answer_token_ids(model, prompts: Sequence[ICLPrompt]) -> torch.Tensor:
+    """First token of each prompt's gold answer (io tasks)."""
+    ids = []
+    for p in prompts:
+        if p.answer is None:
+            raise IclMechError("scoring needs every prompt's query to carry its answer")
+        ids.append(
+            model.tokenizer.encode(p.task.answer_prefix + p.answer, add_special_tokens=False)[0]
+        )
+    return torch.tensor(ids)
+
+
+def predict(model, batch: PromptBatch, *items) -> torch.Tensor:
+    """Predicted class index (classification) or first answer token id (io tasks) per row."""
+    with torch.no_grad():
+        logits = run(model, batch, *items)
+    if batch.class_token_ids is not None:
+        return batch.class_logits(logits).argmax(-1)
+    return logits[:, -1].argmax(-1)
+
+
+@dataclass
+class AccuracyResult:
+    task: str
+    shots: int
+    seed: int
+    queries: list[str]
+    gold: list[int]  # class index, or first answer token id
+    predicted: list[int]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(g == p for g, p in zip(self.gold, self.predicted)) / len(self.gold)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "task": self.task,
+                "shots": self.shots,
+                "seed": self.seed,
+                "query": self.queries,
+                "gold": self.gold,
+                "predicted": self.predicted,
+                "correct": [g == p for g, p in zip(self.gold, self.predicted)],
+            }
+        )
+
+
+def icl_accuracy(
+    model,
+    task: Task,
+    shots: int = 1,
+    n_queries: int = 64,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> AccuracyResult:
+    """Few-shot accuracy on ``n_queries`` held-out examples of a task.
+
+    The test queries are a seeded, class-balanced split; demonstrations come from the rest.
+    """
+    pool, test = task.split(n_queries, seed)
+    prompts = build_prompts(pool, shots, test.examples, seed)
+    if task.is_classification:
+        gold = [task.class_index(p.answer) for p in prompts]
+    else:
+        gold = answer_token_ids(model, prompts).tolist()
+    predicted: list[int] = []
+    label = progress and f"{task.name} {shots}-shot"
+    for batch in batches(model, prompts, batch_size, progress=label):
+        predicted += predict(model, batch).tolist()
+    queries = [q.x for q in test.examples]
+    return AccuracyResult(task.name, shots, seed, queries, gold, predicted)
