@@ -22,7 +22,7 @@ from torch import Tensor
 from icl_mech.errors import IclMechError
 from icl_mech.prompts import ROLES, PromptBatch
 
-Positions = Union[str, int, Sequence[int], Tensor]
+Positions = str | int | Sequence[int] | Tensor
 BATCH_SELECTORS = ("target", "labels", "label-first") + tuple(r for r in ROLES if r != "pad")
 
 
