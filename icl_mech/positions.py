@@ -13,7 +13,6 @@ A selector is resolved, at hook time, against the activation's sequence length a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from jaxtyping import Bool
