@@ -192,7 +192,26 @@ def tiny_model(
 
 @lru_cache(maxsize=1)
 def tiny_tokenizer():
-    """A byte-level BPE tokenizer trained (in about a second) on the bundled task texts."""
+    """A byte-level BPE tokenizer trained (in about a second) on the bundled task texts.
+
+    It is saved to the cache and reloaded, since TransformerLens reloads tokenizers by path.
+    """
+    from transformers import AutoTokenizer
+
+    folder = cache_dir() / "tiny-tokenizer-v1"
+    if not (folder / _COMPLETE_MARKER).exists():
+        staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+        try:
+            _train_tiny_tokenizer().save_pretrained(staging)
+            (staging / _COMPLETE_MARKER).write_text("{}")
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _train_tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -18,6 +18,8 @@ from importlib import resources
 from icl_mech.errors import IclMechError
 from icl_mech.prompts import Demonstration, Task
 
+__all__ = ["Demonstration", "Task", "all_texts", "load", "load_pairs", "names"]
+
 CLASSIFICATION: dict[str, tuple[str, tuple[str, ...]]] = {
     "sentiment": ("Review: {x}\nSentiment:", ("positive", "negative")),
     "question_type": (

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from icl_mech import IclMechError, models, tiny_model
+
+
+@pytest.mark.embedded
+def test_embedded_logits_equal_transformers_model(embedded):
+    from transformers import AutoModelForCausalLM
+
+    hf_model = AutoModelForCausalLM.from_pretrained(str(models.embedded_folder()))
+    tokens = embedded.tokenizer("Review: a warm, funny film\nSentiment:", return_tensors="pt")
+    with torch.no_grad():
+        ours = embedded(tokens.input_ids)
+        theirs = hf_model(tokens.input_ids).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+@pytest.mark.embedded
+def test_embedded_config(embedded):
+    cfg = embedded.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads, cfg.d_model) == (30, 9, 3, 576)
+    assert cfg.default_prepend_bos is False
+
+
+def test_interrupted_conversion_leaves_nothing_and_half_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICL_MECH_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "embedded_gguf", lambda: tmp_path / "fake.gguf")
+
+    def interrupted(gguf, out):
+        out.mkdir(parents=True)
+        (out / "model.safetensors").write_text("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "_dequantise", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        models.embedded_folder()
+    assert list(tmp_path.iterdir()) == []
+
+    half = tmp_path / models.EMBEDDED_NAME
+    half.mkdir()
+    (half / "config.json").write_text("{}")  # an older run died before the marker
+    written = []
+
+    def complete(gguf, out):
+        out.mkdir(parents=True)
+        (out / "config.json").write_text('{"ok": true}')
+        written.append(out)
+
+    monkeypatch.setattr(models, "_dequantise", complete)
+    folder = models.embedded_folder()
+    assert folder == half and (folder / "config.json").read_text() == '{"ok": true}'
+    assert len(written) == 1
+    models.embedded_folder()
+    assert len(written) == 1  # a complete cache is reused
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_tiny_model_architectures(arch):
+    model = tiny_model(arch)
+    cfg = model.cfg
+    if arch == "gpt2":
+        assert (cfg.normalization_type, cfg.positional_embedding_type) == ("LN", "standard")
+    else:
+        assert (cfg.normalization_type, cfg.positional_embedding_type) == ("RMS", "rotary")
+        assert cfg.n_key_value_heads < cfg.n_heads
+    logits = model(model.tokenizer("Review: fine\nSentiment:", return_tensors="pt").input_ids)
+    assert logits.shape[-1] == cfg.d_vocab and torch.isfinite(logits).all()
+
+
+def test_unknown_tiny_arch():
+    with pytest.raises(IclMechError, match="unknown arch"):
+        tiny_model("mamba")
