@@ -67,6 +67,7 @@ class AccuracyResult:
     queries: list[str]
     gold: list[int]  # class index, or first answer token id
     predicted: list[int]
+    n_classes: int = 0  # 0 for io tasks
 
     @property
     def accuracy(self) -> float:
@@ -110,4 +111,5 @@ def icl_accuracy(
     for batch in batches(model, prompts, batch_size, progress=label):
         predicted += predict(model, batch).tolist()
     queries = [q.x for q in test.examples]
-    return AccuracyResult(task.name, shots, seed, queries, gold, predicted)
+    n_classes = len(task.classes) if task.classes else 0
+    return AccuracyResult(task.name, shots, seed, queries, gold, predicted, n_classes)

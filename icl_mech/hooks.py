@@ -71,13 +71,18 @@ def register(kind: str):
     def decorate(cls: type[Hooked]) -> type[Hooked]:
         if not (isinstance(cls, type) and issubclass(cls, Hooked)):
             raise IclMechError(f"register({kind!r}): {cls!r} is not an Intervention or Probe")
-        if kind in CATALOGUE and CATALOGUE[kind] is not cls:
+        if kind in CATALOGUE and _origin(CATALOGUE[kind]) != _origin(cls):
             raise IclMechError(f"kind {kind!r} is already registered to {CATALOGUE[kind].__name__}")
         cls.kind = kind
         CATALOGUE[kind] = cls
         return cls
 
     return decorate
+
+
+def _origin(cls: type) -> tuple[str, str]:
+    # a class redefined by re-running a notebook cell keeps its kind
+    return cls.__module__, cls.__qualname__
 
 
 def make(kind: str, **params) -> Hooked:
