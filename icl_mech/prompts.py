@@ -227,6 +227,10 @@ class PromptBatch:
         if prepend_bos is None:
             prepend_bos = bool(model.cfg.default_prepend_bos)
         task = prompts[0].task
+        if any(p.task.classes != task.classes for p in prompts):
+            raise IclMechError(
+                "PromptBatch.from_prompts: prompts of one batch must share their task's classes"
+            )
         class_ids = class_token_ids(tokenizer, task) if task.is_classification else None
         encoded = [_encode(tokenizer, p, prepend_bos) for p in prompts]
         longest = max(len(ids) for ids, _, _ in encoded)
