@@ -127,8 +127,9 @@ def _reproduce(names, model, model_name, out: Path, quick: bool, seed: int, **op
         summary[name] = {"seconds": round(time.perf_counter() - start, 1), **_jsonable(result)}
         print(json.dumps(summary[name], indent=1, default=str), flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if quick else ""
-    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1, default=str))
+    path = out / f"summary{'_quick' if quick else ''}.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**previous, **summary}, indent=1, default=str))
     return 0
 
 
