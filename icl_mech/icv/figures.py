@@ -1,0 +1,80 @@
+"""Figures of the ICV evaluation: the λ sweep against the baselines, before/after texts and
+the per-layer shape of an ICV. Each function returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping, Sequence
+
+from matplotlib.figure import Figure
+
+from icl_mech.icv.evaluate import StyleEvaluation
+from icl_mech.icv.extract import ICV
+
+PANELS = (
+    ("style", "style score (↑ target style)"),
+    ("bleu_source", "BLEU vs source (content)"),
+    ("perplexity", "perplexity (fluency, ↓)"),
+)
+BASELINES = {"none": ("no steering", "tab:gray", ":"), "icl": ("ICL prompt", "tab:orange", "--")}
+
+
+def sweep_figure(evaluations: Mapping[str, StyleEvaluation]) -> Figure:
+    """One row per pair set: style, content and fluency against λ; baselines as lines."""
+    fig = Figure(figsize=(4.2 * len(PANELS), 3.2 * len(evaluations)))
+    axes = fig.subplots(len(evaluations), len(PANELS), squeeze=False)
+    for row, (name, evaluation) in enumerate(evaluations.items()):
+        summary = evaluation.to_frame()
+        steered = summary[summary.condition.isin(["none", "icv"])].sort_values("strength")
+        for col, (metric, label) in enumerate(PANELS):
+            ax = axes[row, col]
+            ax.plot(steered["strength"], steered[metric], "o-", color="tab:blue", label="ICV")
+            for condition, (text, color, style) in BASELINES.items():
+                value = summary.loc[summary.condition == condition, metric]
+                if len(value):
+                    ax.axhline(float(value.iloc[0]), color=color, ls=style, label=text)
+            ax.set_xlabel("λ")
+            ax.set_title(f"{name}: {label}" if col == 0 else label, fontsize=10)
+            if metric == "style":
+                ax.set_ylabel(evaluation.style_metric)
+            if metric == "perplexity":
+                ax.set_yscale("log")
+        axes[row, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def examples_figure(tables: Mapping[str, Sequence[tuple[str, str]]], width: int = 70) -> Figure:
+    """Before/after texts as a figure: ``{title: [(label, text), ...]}``."""
+    lines: list[tuple[str, str]] = []
+    for title, rows in tables.items():
+        lines.append((title, "title"))
+        for label, text in rows:
+            wrapped = textwrap.wrap(text or "(empty)", width) or [""]
+            lines.append((f"{label}: {wrapped[0]}", "text"))
+            lines += [(" " * (len(label) + 2) + more, "text") for more in wrapped[1:]]
+        lines.append(("", "text"))
+    fig = Figure(figsize=(9, 0.24 * len(lines) + 0.4))
+    for i, (text, kind) in enumerate(lines):
+        y = 1 - (i + 0.8) / len(lines)
+        weight = "bold" if kind == "title" else "normal"
+        fig.text(0.02, y, text, family="monospace", fontsize=8.5, weight=weight, va="center")
+    return fig
+
+
+def layers_figure(icv: ICV) -> Figure:
+    """Per-layer norm of the ICV and of the mean difference, and their cosine."""
+    frame = icv.to_frame()
+    fig = Figure(figsize=(9, 3))
+    left, right = fig.subplots(1, 2)
+    left.plot(frame["layer"], frame["vector_norm"], "o-", label="ICV (component + mean)")
+    left.plot(frame["layer"], frame["mean_norm"], "--", label="mean difference")
+    left.set_xlabel("layer")
+    left.set_ylabel("norm")
+    left.legend(fontsize=8)
+    right.plot(frame["layer"], frame["cos_vector_mean"], "o-")
+    right.set_xlabel("layer")
+    right.set_ylabel("cos(ICV, mean difference)")
+    fig.suptitle(f"{icv!r}", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,140 @@
+"""Steered generation: TransformerLens ``generate`` (key/value cache on) inside ``attach``.
+
+Prompts are tokenised with the model's BOS convention and left-padded, so every row's prompt
+ends at the same position and new tokens follow it; ``generate`` finds the padding as leading
+pad tokens and masks it. Each batch of prompts gets its own attachment, so position-aware
+steering (``positions="prompt"`` / ``"new"``) counts positions from that batch's prompt.
+
+Greedy decoding by default; ``do_sample=True`` samples with a seeded generator state (the
+global RNG is restored afterwards). Batched greedy generation equals unbatched generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from icl_mech.errors import IclMechError
+from icl_mech.hooks import Hooked, HookSpec, attach
+from icl_mech.icv.texts import chunks, left_pad
+
+
+@dataclass
+class Generations:
+    """Prompts and their completions (new text only, cut at the first end-of-sequence)."""
+
+    prompts: list[str]
+    completions: list[str]
+    new_tokens: list[list[int]]
+    settings: dict = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "prompt": self.prompts,
+                "completion": self.completions,
+                "n_new_tokens": [len(t) for t in self.new_tokens],
+            }
+        )
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def generate(
+    model,
+    prompts: str | Sequence[str],
+    *items: Hooked | HookSpec,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+    batch_size: int = 16,
+    stop_at_eos: bool = True,
+    stop_at: Sequence[str] = (),
+    progress: bool = False,
+) -> Generations:
+    """Generate from each prompt with the items (e.g. an ``ICVSteering``) attached.
+
+    ``stop_at``: extra one-token strings (e.g. ``"\\n"``) that end a completion like the
+    end-of-sequence token does (only with ``stop_at_eos``).
+
+    Items with per-row settings (``ICVSteering`` with a ``[batch, n_icvs]`` strength tensor)
+    are sliced to each batch of prompts through their ``select_rows(start, stop)``.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise IclMechError("generate: no prompts given")
+    if max_new_tokens < 1:
+        raise IclMechError(f"generate: max_new_tokens must be at least 1, got {max_new_tokens}")
+    stop_ids = [model.tokenizer.eos_token_id] + [_single_token(model, s) for s in stop_at]
+    completions, new_tokens = [], []
+    starts = range(0, len(prompts), batch_size)
+    groups = chunks(prompts, batch_size)
+    for index, (start, group) in enumerate(
+        tqdm(list(zip(starts, groups)), desc="generate", disable=not progress, leave=False)
+    ):
+        batch = left_pad(model, group)
+        rows = [_rows(item, start, start + len(group)) for item in items]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + index)
+            with attach(model, *rows):
+                out = model.generate(
+                    batch.tokens,
+                    max_new_tokens=max_new_tokens,
+                    stop_at_eos=stop_at_eos,
+                    eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
+                    do_sample=do_sample,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    use_past_kv_cache=use_cache,
+                    padding_side="left",
+                    return_type="tokens",
+                    verbose=False,
+                )
+        for row in out[:, batch.tokens.shape[1] :].tolist():
+            kept = _cut(row, stop_ids) if stop_at_eos else row
+            new_tokens.append(kept)
+            completions.append(model.tokenizer.decode(kept, skip_special_tokens=True))
+    settings = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        use_cache=use_cache,
+        stop_at=list(stop_at),
+        items=[repr(item) for item in items],
+    )
+    return Generations(prompts, completions, new_tokens, settings)
+
+
+def _rows(item, start: int, stop: int):
+    select = getattr(item, "select_rows", None)
+    return select(start, stop) if callable(select) else item
+
+
+def _single_token(model, text: str) -> int:
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise IclMechError(
+            f"generate: stop string {text!r} is {len(ids)} tokens for "
+            f"{model.cfg.model_name}; stop strings must be single tokens"
+        )
+    return ids[0]
+
+
+def _cut(row: list[int], stop_ids: list[int]) -> list[int]:
+    for position, token in enumerate(row):
+        if token in stop_ids:
+            return row[:position]
+    return row
