@@ -1,0 +1,127 @@
+"""Conflicting tasks (Hendel et al. §5): demonstrations of task A, task vector of task B.
+
+For queries x that both tasks answer differently (their answers start with different tokens),
+the prompt is 5 demonstrations of A followed by ``x ->``; the last token's residual is then
+replaced by θ_B(S) (S: demonstrations of B) at B's chosen layer, or the mean difference of B is
+added at its chosen layer. The answer follows A (the demonstrations) or B (the vector).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from icl_mech.errors import IclMechError
+from icl_mech.hooks import run
+from icl_mech.prompts import Demonstration, ICLPrompt, PromptBatch, Task
+from icl_mech.task_vectors.evaluate import DEFAULT_PROTOCOL, Protocol
+from icl_mech.task_vectors.extract import draw_dummies, extract, mean_difference
+from icl_mech.task_vectors.vector import TaskVector
+
+
+@dataclass
+class ConflictResult:
+    task_a: str  # the demonstrations' task
+    task_b: str  # the patched vector's task
+    n_queries: int
+    layer_replace: int
+    layer_add: int
+    follows_a: dict[str, float]  # per condition: share answering as task A
+    follows_b: dict[str, float]  # ... as task B
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "demonstrations": self.task_a,
+                "vector": self.task_b,
+                "condition": list(self.follows_a),
+                "follows_demonstrations": list(self.follows_a.values()),
+                "follows_vector": list(self.follows_b.values()),
+                "n_queries": self.n_queries,
+            }
+        )
+
+
+def shared_queries(model, task_a: Task, task_b: Task) -> list[tuple[str, str, str]]:
+    """(x, answer of A, answer of B) for inputs of both tasks whose answers differ at once."""
+    answers_b = {e.x: e.y for e in task_b.examples}
+    shared = []
+    for example in task_a.examples:
+        if example.x not in answers_b:
+            continue
+        y_b = answers_b[example.x]
+        if _first_token(model, task_a, example.y) != _first_token(model, task_b, y_b):
+            shared.append((example.x, example.y, y_b))
+    return shared
+
+
+def conflicting_tasks(
+    model,
+    task_a: Task,
+    task_b: Task,
+    layer_replace: int,
+    layer_add: int,
+    protocol: Protocol = DEFAULT_PROTOCOL,
+    mean_difference_b: TaskVector | None = None,
+) -> ConflictResult:
+    """Which task the answer follows: without patch, with θ_B replaced, with B's difference added.
+
+    ``layer_*`` are task B's chosen layers (from ``evaluate_task``); ``mean_difference_b`` is
+    B's additive vector (measured here on B's demonstrations if not given).
+    """
+    shared = shared_queries(model, task_a, task_b)
+    if len(shared) < 2:
+        raise IclMechError(
+            f"tasks {task_a.name!r} and {task_b.name!r} share {len(shared)} inputs with different "
+            "answers; conflicting tasks need inputs both tasks answer"
+        )
+    rng = random.Random(protocol.seed)
+    chosen = rng.sample(shared, min(protocol.n_test, len(shared)))
+    inputs = {x for x, _, _ in chosen}
+    train_a = task_a.with_examples([e for e in task_a.examples if e.x not in inputs])
+    train_b = task_b.with_examples([e for e in task_b.examples if e.x not in inputs])
+    k = protocol.n_demonstrations
+    sets_a = [train_a.sample_demonstrations(k, rng) for _ in chosen]
+    sets_b = [train_b.sample_demonstrations(k, rng) for _ in chosen]
+    dummies_b = draw_dummies(train_b, sets_b, protocol.n_dummies, protocol.seed)
+    theta_b = extract(model, train_b, sets_b, dummies_b, seed=protocol.seed)
+    if mean_difference_b is None:
+        mean_difference_b = mean_difference(model, theta_b, train_b, dummies_b)
+    prompts = [
+        ICLPrompt.build(task_a, demos, Demonstration(x, y_a))
+        for demos, (x, y_a, _) in zip(sets_a, chosen)
+    ]
+    gold_a = torch.tensor([_first_token(model, task_a, y_a) for _, y_a, _ in chosen])
+    gold_b = torch.tensor([_first_token(model, task_b, y_b) for _, _, y_b in chosen])
+    conditions = {
+        "demonstrations only": lambda rows: (),
+        "TV replace (B)": lambda rows: (theta_b.select(rows).intervention(layer_replace),),
+        "TV add (B)": lambda rows: (
+            mean_difference_b.intervention(layer_add, "add", scale=protocol.scale),
+        ),
+    }
+    follows_a, follows_b = {}, {}
+    for name, items in conditions.items():
+        predicted = _predict(model, prompts, items, protocol.batch_size)
+        follows_a[name] = float((predicted == gold_a).float().mean())
+        follows_b[name] = float((predicted == gold_b).float().mean())
+    return ConflictResult(
+        task_a.name, task_b.name, len(chosen), layer_replace, layer_add, follows_a, follows_b
+    )
+
+
+def _predict(model, prompts, items, batch_size: int) -> torch.Tensor:
+    predicted = []
+    for start in range(0, len(prompts), batch_size):
+        rows = slice(start, start + batch_size)
+        batch = PromptBatch.from_prompts(model, prompts[rows])
+        with torch.no_grad():
+            predicted.append(run(model, batch, *items(rows))[:, -1].argmax(-1))
+    return torch.cat(predicted)
+
+
+def _first_token(model, task: Task, answer: str) -> int:
+    return model.tokenizer.encode(task.answer_prefix + answer, add_special_tokens=False)[0]

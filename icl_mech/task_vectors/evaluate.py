@@ -1,0 +1,260 @@
+"""Hendel et al.'s protocol per task: baseline (zero-shot), ICL and task-vector accuracy.
+
+Each task is split into train / dev / test. Every dev and test query gets its own set of
+``n_demonstrations`` training examples and ``n_dummies`` dummy queries, from which θ(S) is
+extracted at every layer. The layer is chosen on dev (cached batched sweep), then on test:
+
+- baseline: the zero-shot prompt ``x ->``;
+- ICL: the demonstrations followed by ``x ->``;
+- TV replace: the zero-shot prompt with the last token's residual after layer L overwritten by θ;
+- TV add: the zero-shot prompt plus ``scale`` times the mean ICL − zero-shot difference
+  (measured on the dev extraction prompts) at layer L' (function-vector style).
+
+Accuracy is first-token (greedy) accuracy; ``exact_*`` is the exact match of the full greedy
+answer (continued from the patched run) for multi-token outputs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from icl_mech.errors import IclMechError
+from icl_mech.evaluation import answer_token_ids, batches, predict
+from icl_mech.prompts import ICLPrompt, PromptBatch, Task
+from icl_mech.task_vectors.extract import draw_dummies, extract, mean_difference
+from icl_mech.task_vectors.generate import exact_match, greedy
+from icl_mech.task_vectors.sweep import LayerSweep, sweep_logits
+from icl_mech.task_vectors.vector import TaskVector
+
+CONDITIONS = ("baseline", "icl", "tv_replace", "tv_add")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The paper's protocol (5 demonstrations, separate dev and test sets) and run sizes."""
+
+    n_demonstrations: int = 5
+    n_dummies: int = 2
+    n_dev: int = 16
+    n_test: int = 32
+    scale: float = 1.0  # of the additive variant
+    max_new_tokens: int = 6  # greedy continuation for exact match of multi-token answers
+    batch_size: int = 16
+    groups: int = 1  # of the cached layer sweep (see sweep_logits)
+    test_curves: bool = True  # also sweep every layer on test (dev alone chooses the layer)
+    seed: int = 0
+
+
+DEFAULT_PROTOCOL = Protocol()
+
+
+@dataclass
+class SplitData:
+    """The queries of one split with their zero-shot and ICL prompts and θ per query."""
+
+    zero_shot: list[ICLPrompt]
+    icl: list[ICLPrompt]
+    theta: TaskVector
+    dummies: list[list]
+
+
+@dataclass
+class TaskResult:
+    task: str
+    n_layers: int
+    n_dev: int
+    n_test: int
+    layer_replace: int
+    layer_add: int
+    accuracy: dict[str, float]  # first token, per condition
+    exact: dict[str, float]  # full greedy answer, per condition
+    curves: list[LayerSweep]
+    answers: pd.DataFrame  # per test query: gold and each condition's greedy answer
+    mean_difference: TaskVector = field(repr=False)
+    dev_baseline: float = float("nan")  # zero-shot first-token accuracy on dev
+
+    def curve(self, mode: str, split: str = "test") -> LayerSweep:
+        return next(c for c in self.curves if c.mode == mode and c.split == split)
+
+    def to_frame(self) -> pd.DataFrame:
+        row = {
+            "task": self.task,
+            "n_test": self.n_test,
+            **self.accuracy,
+            "layer_replace": self.layer_replace,
+            "depth_replace": (self.layer_replace + 1) / self.n_layers,
+            "dev_baseline": self.dev_baseline,
+            "dev_tv_replace": self.curve("replace", "dev").at(self.layer_replace),
+            "layer_add": self.layer_add,
+            "depth_add": (self.layer_add + 1) / self.n_layers,
+            "dev_tv_add": self.curve("add", "dev").at(self.layer_add),
+            **{f"exact_{k}": v for k, v in self.exact.items()},
+        }
+        return pd.DataFrame([row])
+
+
+@dataclass
+class TaskVectorResults:
+    """The table over tasks."""
+
+    tasks: list[TaskResult]
+    protocol: Protocol
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.concat([t.to_frame() for t in self.tasks], ignore_index=True)
+
+    def curves_frame(self) -> pd.DataFrame:
+        return pd.concat([c.to_frame() for t in self.tasks for c in t.curves], ignore_index=True)
+
+    def summary(self, tasks: Sequence[str] | None = None) -> dict[str, float]:
+        """Means over tasks (all, or the named ones). The depths average only the tasks where
+        the vector beats zero-shot on dev at its chosen layer (elsewhere no layer works and the
+        choice is a tie-break)."""
+        frame = self.to_frame()
+        if tasks is not None:
+            frame = frame[frame["task"].isin(list(tasks))]
+        means = {k: float(frame[k].mean()) for k in CONDITIONS}
+        icl = means["icl"] or float("nan")
+        return {
+            **means,
+            "tv_replace_over_icl": means["tv_replace"] / icl,
+            "tv_add_over_icl": means["tv_add"] / icl,
+            "depth_replace": _mean_where(frame, "depth_replace", "dev_tv_replace"),
+            "depth_add": _mean_where(frame, "depth_add", "dev_tv_add"),
+        }
+
+
+def _mean_where(frame: pd.DataFrame, column: str, dev_accuracy: str) -> float:
+    working = frame[frame[dev_accuracy] > frame["dev_baseline"]]
+    return float(working[column].mean()) if len(working) else float("nan")
+
+
+def splits(task: Task, protocol: Protocol) -> tuple[Task, Task, Task]:
+    """(train, dev, test), seeded and disjoint. Small tasks get smaller dev/test sets (at most a
+    third / a quarter of the examples) so that demonstrations still come from a varied pool."""
+    size = len(task.examples)
+    n_test = min(protocol.n_test, size // 3)
+    n_dev = min(protocol.n_dev, size // 4)
+    needed = protocol.n_demonstrations + protocol.n_dummies
+    if min(n_test, n_dev) < 1 or size - n_test - n_dev < needed:
+        raise IclMechError(
+            f"task {task.name!r} has {size} examples: too few for dev and test sets plus "
+            f"{protocol.n_demonstrations} demonstrations and {protocol.n_dummies} dummy queries"
+        )
+    pool, test = task.split(n_test, protocol.seed)
+    train, dev = pool.split(n_dev, protocol.seed + 1)
+    return train, dev, test
+
+
+def prepare(model, task: Task, train: Task, queries: Sequence, protocol: Protocol, seed: int):
+    """Per query: its demonstration set, dummies, zero-shot and ICL prompts, and θ."""
+    rng = random.Random(seed)
+    sets = [train.sample_demonstrations(protocol.n_demonstrations, rng) for _ in queries]
+    dummies = draw_dummies(train, sets, protocol.n_dummies, seed)
+    theta = extract(model, train, sets, dummies, seed=seed, batch_size=protocol.batch_size)
+    zero_shot = [ICLPrompt.zero_shot(task, q) for q in queries]
+    icl = [ICLPrompt.build(task, demos, q) for demos, q in zip(sets, queries)]
+    return SplitData(zero_shot, icl, theta, dummies)
+
+
+def layer_curve(
+    model, prompts: list[ICLPrompt], vectors, mode: str, protocol: Protocol, split: str
+) -> LayerSweep:
+    """First-token accuracy with the vectors patched in at every layer (cached sweep)."""
+    gold = answer_token_ids(model, prompts)
+    correct = torch.zeros(model.cfg.n_layers)
+    for start in range(0, len(prompts), protocol.batch_size):
+        chunk = slice(start, start + protocol.batch_size)
+        batch = PromptBatch.from_prompts(model, prompts[chunk])
+        rows = vectors if vectors.ndim == 2 else vectors[chunk]
+        logits = sweep_logits(
+            model, batch, rows, mode, scale=protocol.scale, groups=protocol.groups
+        )
+        correct += (logits.argmax(-1) == gold[chunk]).float().sum(1)
+    accuracy = (correct / len(prompts)).tolist()
+    layers = list(range(model.cfg.n_layers))
+    task = prompts[0].task.name
+    return LayerSweep(task, mode, split, layers, model.cfg.n_layers, accuracy, len(prompts))
+
+
+def evaluate_task(model, task: Task, protocol: Protocol = DEFAULT_PROTOCOL) -> TaskResult:
+    train, dev, test = splits(task, protocol)
+    dev_data = prepare(model, task, train, dev.examples, protocol, protocol.seed + 11)
+    test_data = prepare(model, task, train, test.examples, protocol, protocol.seed + 12)
+    delta = mean_difference(model, dev_data.theta, train, dev_data.dummies, protocol.batch_size)
+    swept = (("dev", dev_data), ("test", test_data))[: 2 if protocol.test_curves else 1]
+    curves = [
+        layer_curve(model, data.zero_shot, vectors, mode, protocol, split)
+        for split, data in swept
+        for mode, vectors in (("replace", data.theta.values), ("add", delta.values[0]))
+    ]
+    layer_replace = curves[0].best_layer
+    layer_add = curves[1].best_layer
+    runs = {
+        "baseline": (test_data.zero_shot, None, 0, "replace"),
+        "icl": (test_data.icl, None, 0, "replace"),
+        "tv_replace": (test_data.zero_shot, test_data.theta, layer_replace, "replace"),
+        "tv_add": (test_data.zero_shot, delta, layer_add, "add"),
+    }
+    accuracy, exact = {}, {}
+    answers = {"query": [q.x for q in test.examples], "gold": [q.y for q in test.examples]}
+    for condition, (prompts, vector, layer, mode) in runs.items():
+        first, matched, texts = _answers(model, prompts, protocol, vector, layer, mode)
+        accuracy[condition], exact[condition] = first, matched
+        answers[condition] = texts
+    return TaskResult(
+        task.name,
+        model.cfg.n_layers,
+        len(dev.examples),
+        len(test.examples),
+        layer_replace,
+        layer_add,
+        accuracy,
+        exact,
+        curves,
+        pd.DataFrame(answers),
+        delta,
+        _first_token_accuracy(model, dev_data.zero_shot, protocol.batch_size),
+    )
+
+
+def evaluate(
+    model, tasks: Sequence[Task], protocol: Protocol = DEFAULT_PROTOCOL, progress: bool = True
+) -> TaskVectorResults:
+    results = []
+    for task in tqdm(tasks, desc="task vectors", disable=not progress, leave=False):
+        results.append(evaluate_task(model, task, protocol))
+    return TaskVectorResults(results, protocol)
+
+
+def _first_token_accuracy(model, prompts: list[ICLPrompt], batch_size: int) -> float:
+    gold = answer_token_ids(model, prompts)
+    predicted = torch.cat([predict(model, b) for b in batches(model, prompts, batch_size)])
+    return float((predicted == gold).float().mean())
+
+
+def _answers(
+    model, prompts, protocol: Protocol, vector: TaskVector | None, layer: int, mode: str
+) -> tuple[float, float, list[str]]:
+    """First-token accuracy, exact-match accuracy and the greedy answers, with ``vector``
+    (one set per prompt, or one shared set) patched in at ``layer``."""
+    gold = answer_token_ids(model, prompts)
+    first, matched, texts = 0, 0, []
+    for start in range(0, len(prompts), protocol.batch_size):
+        chunk = slice(start, start + protocol.batch_size)
+        batch = PromptBatch.from_prompts(model, prompts[chunk])
+        items = []
+        if vector is not None:
+            rows = vector if len(vector) == 1 else vector.select(chunk)
+            items.append(rows.intervention(layer, mode, scale=protocol.scale))
+        out = greedy(model, batch, *items, max_new_tokens=max(1, protocol.max_new_tokens))
+        first += int((out.first_tokens == gold[chunk]).sum())
+        matched += sum(exact_match(out, prompts[chunk]))
+        texts += out.texts
+    return first / len(prompts), matched / len(prompts), texts

@@ -1,0 +1,159 @@
+"""Extraction: θ(S) at every layer, batched over demonstration sets and dummy queries.
+
+For each set S and each of its dummy queries x', the prompt ``S + "x' ->"`` runs once with a
+``Capture`` probe on ``hook_resid_post`` at the last token; θ(S) is the mean over the dummies.
+All prompts of all sets go through the model in left-padded batches (padding changes nothing).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import einops
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from icl_mech.errors import IclMechError
+from icl_mech.evaluation import batches
+from icl_mech.hooks import Capture, points, run
+from icl_mech.prompts import Demonstration, ICLPrompt, Task
+from icl_mech.task_vectors.patching import SUFFIX
+from icl_mech.task_vectors.vector import TaskVector, provenance
+
+DemonstrationSets = Sequence[Sequence[Demonstration]]
+
+
+def last_token_states(
+    model,
+    prompts: Sequence[ICLPrompt],
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    progress: bool | str = False,
+) -> Float[Tensor, "prompt layer d_model"]:
+    """``hook_resid_post`` at each prompt's last token, for the given layers (default: all)."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    names = points(model, SUFFIX, layers)
+    if not prompts:
+        raise IclMechError("last_token_states: no prompts given")
+    states = []
+    for batch in batches(model, prompts, batch_size, progress=progress):
+        capture = Capture(names, positions="last")
+        with torch.no_grad():
+            # the residual after the deepest layer asked for is all we need: stop there
+            run(model, batch, capture, stop_at_layer=max(layers) + 1)
+        states.append(torch.stack([capture.activations[name] for name in names], dim=1))
+    return torch.cat(states)
+
+
+def sample_sets(
+    task: Task, n_sets: int, n_demonstrations: int = 5, seed: int = 0
+) -> list[list[Demonstration]]:
+    """``n_sets`` seeded demonstration sets of the task's examples."""
+    if n_demonstrations < 1:
+        raise IclMechError(f"a demonstration set needs at least 1 example, got {n_demonstrations}")
+    rng = random.Random(seed)
+    return [task.sample_demonstrations(n_demonstrations, rng) for _ in range(n_sets)]
+
+
+def draw_dummies(
+    task: Task, demonstration_sets: DemonstrationSets, n_dummies: int = 2, seed: int = 0
+) -> list[list[Demonstration]]:
+    """Per set, ``n_dummies`` queries of the task that are not among the set's examples."""
+    if n_dummies < 1:
+        raise IclMechError(f"n_dummies must be at least 1, got {n_dummies}")
+    rng = random.Random(seed)
+    drawn = []
+    for demos in demonstration_sets:
+        pool = [e for e in task.examples if e not in demos]
+        if len(pool) < n_dummies:
+            raise IclMechError(
+                f"task {task.name!r}: {n_dummies} dummy queries asked, {len(pool)} examples "
+                "left outside the demonstration set"
+            )
+        drawn.append(rng.sample(pool, n_dummies))
+    return drawn
+
+
+def extract(
+    model,
+    task: Task,
+    demonstration_sets: DemonstrationSets,
+    dummies: Sequence[Sequence[Demonstration | str]] | None = None,
+    n_dummies: int = 2,
+    seed: int = 0,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    progress: bool | str = False,
+) -> TaskVector:
+    """θ(S) for every set S: ``values[s, i]`` at layer ``layers[i]`` (default: every layer).
+
+    ``dummies[s]`` are set ``s``'s dummy queries (default: ``n_dummies`` drawn from the task's
+    other examples with ``seed``); every set needs the same number of them.
+    """
+    _check_sets(task, demonstration_sets)
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    points(model, SUFFIX, layers)
+    if dummies is None:
+        dummies = draw_dummies(task, demonstration_sets, n_dummies, seed)
+    if len(dummies) != len(demonstration_sets) or len({len(d) for d in dummies}) != 1:
+        raise IclMechError(
+            f"dummies: need one list per demonstration set ({len(demonstration_sets)}), all of "
+            f"the same length; got lengths {[len(d) for d in dummies]}"
+        )
+    per_set = len(dummies[0])
+    if per_set < 1:
+        raise IclMechError("dummies: every demonstration set needs at least one dummy query")
+    prompts = [
+        ICLPrompt.build(task, demos, query)
+        for demos, queries in zip(demonstration_sets, dummies)
+        for query in queries
+    ]
+    states = last_token_states(model, prompts, layers, batch_size, progress)
+    values = einops.reduce(
+        states, "(sets dummy) layer d_model -> sets layer d_model", "mean", dummy=per_set
+    )
+    meta = provenance(
+        model,
+        task,
+        layers,
+        seed,
+        kind="theta",
+        n_demonstrations=len(demonstration_sets[0]),
+        n_dummies=per_set,
+    )
+    return TaskVector(values, tuple(layers), meta)
+
+
+def mean_difference(
+    model,
+    theta: TaskVector,
+    task: Task,
+    dummies: Sequence[Sequence[Demonstration | str]],
+    batch_size: int = 16,
+) -> TaskVector:
+    """The mean ICL state minus the mean zero-shot state of the same dummy queries.
+
+    ``theta`` must come from ``extract`` with these ``dummies``; the result is one vector per
+    layer (function-vector style), to be added rather than patched in.
+    """
+    queries = [q for per_set in dummies for q in per_set]
+    if not queries:
+        raise IclMechError("mean_difference: no dummy queries given")
+    zero_shot = [ICLPrompt.zero_shot(task, q) for q in queries]
+    zero = last_token_states(model, zero_shot, theta.layers, batch_size)
+    values = (theta.values.mean(0) - zero.mean(0))[None]
+    meta = {**theta.provenance, "kind": "mean-difference", "n_sets": len(theta)}
+    return TaskVector(values, theta.layers, meta)
+
+
+def _check_sets(task: Task, demonstration_sets: DemonstrationSets) -> None:
+    if len(demonstration_sets) == 0:
+        raise IclMechError(f"task {task.name!r}: no demonstration sets given")
+    for index, demos in enumerate(demonstration_sets):
+        if len(demos) == 0:
+            raise IclMechError(
+                f"task {task.name!r}: demonstration set {index} is empty; θ(S) needs at least "
+                "one demonstration"
+            )

@@ -1,0 +1,84 @@
+"""Figures: accuracy per layer (per task and mean), the baseline/ICL/TV bars, conflicts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from icl_mech.task_vectors.conflict import ConflictResult
+from icl_mech.task_vectors.evaluate import CONDITIONS, TaskVectorResults
+
+LABELS = {
+    "baseline": "baseline (zero-shot)",
+    "icl": "ICL (5 demonstrations)",
+    "tv_replace": "task vector, replace",
+    "tv_add": "task vector, add (mean difference)",
+}
+MODES = {"replace": "replace θ at layer L", "add": "add mean ICL − zero-shot at layer L"}
+
+
+def layer_curves(results: TaskVectorResults, split: str = "dev") -> Figure:
+    """First-token accuracy per patched layer: one thin line per task, the mean in bold."""
+    curves = results.curves_frame()
+    curves = curves[curves["split"] == split]
+    table = results.to_frame()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, (mode, title) in zip(axes, MODES.items()):
+        part = curves[curves["mode"] == mode]
+        few = part["task"].nunique() <= 6
+        for task, one in part.groupby("task", sort=False):
+            label = task if few else None
+            ax.plot(one["depth"], one["accuracy"], lw=0.9, alpha=0.6 if few else 0.35, label=label)
+        mean = part.groupby("depth")["accuracy"].mean()
+        ax.plot(mean.index, mean.values, color="black", lw=2.2, label="mean over tasks")
+        ax.axhline(table["icl"].mean(), color="tab:green", ls="--", label="mean ICL (test)")
+        ax.axhline(table["baseline"].mean(), color="tab:gray", ls=":", label="mean baseline")
+        ax.set_title(title)
+        ax.set_xlabel("patched layer (fraction of depth)")
+        ax.set_xlim(0, 1)
+    axes[0].set_ylabel(f"first-token accuracy ({split})")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[1].legend(loc="upper right", fontsize=7)
+    fig.suptitle("Task vectors: accuracy per layer")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(results: TaskVectorResults) -> Figure:
+    """Baseline, ICL and the two task-vector variants per task (test), with the mean."""
+    table = results.to_frame().set_index("task")
+    means = table[list(CONDITIONS)].mean().rename("mean")
+    values = table[list(CONDITIONS)]
+    values.loc["mean"] = means
+    x = np.arange(len(values))
+    width = 0.8 / len(CONDITIONS)
+    fig, ax = plt.subplots(figsize=(max(7, 0.55 * len(values) + 2), 4))
+    for i, condition in enumerate(CONDITIONS):
+        ax.bar(x + (i - 1.5) * width, values[condition], width, label=LABELS[condition])
+    ax.set_xticks(x, values.index, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("first-token accuracy (test)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.set_title("Baseline vs ICL vs task vector", pad=24)
+    fig.tight_layout()
+    return fig
+
+
+def conflict_bars(conflicts: Sequence[ConflictResult]) -> Figure:
+    """Per task pair and condition: the share of answers following A (demos) or B (vector)."""
+    fig, axes = plt.subplots(1, len(conflicts), figsize=(4 * len(conflicts), 3.6), squeeze=False)
+    for ax, result in zip(axes[0], conflicts):
+        frame = result.to_frame()
+        x = np.arange(len(frame))
+        ax.bar(x - 0.2, frame["follows_demonstrations"], 0.4, label=f"A: {result.task_a}")
+        ax.bar(x + 0.2, frame["follows_vector"], 0.4, label=f"B: {result.task_b}")
+        ax.set_xticks(x, frame["condition"], rotation=20, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"demos of A, vector of B (n={result.n_queries})", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("share of first tokens")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,63 @@
+"""Greedy answers from a (possibly patched) prompt, continued under the key/value cache.
+
+The interventions are attached for the prompt's pass only: they patch the query's last token
+(as Hendel et al. do) and every later step reads the patched keys and values from the cache,
+so the new tokens themselves are never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+from icl_mech.errors import IclMechError
+from icl_mech.hooks import run
+from icl_mech.prompts import ICLPrompt, PromptBatch
+
+
+@dataclass
+class Generation:
+    first_logits: Float[Tensor, "batch vocab"]  # at the prompt's last token
+    tokens: Int[Tensor, "batch new"]  # greedy tokens, the first one included
+    texts: list[str]  # decoded, cut at the task's separator
+
+    @property
+    def first_tokens(self) -> Int[Tensor, " batch"]:
+        return self.tokens[:, 0]
+
+
+def greedy(model, batch: PromptBatch, *items, max_new_tokens: int = 8) -> Generation:
+    """Greedy decoding of ``max_new_tokens`` tokens; ``items`` act on the prompt's pass only."""
+    if max_new_tokens < 1:
+        raise IclMechError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(batch))
+    with torch.no_grad():
+        logits = run(model, batch, *items, past_kv_cache=cache)[:, -1]
+        chosen = [logits.argmax(-1)]
+        ones = torch.ones(len(batch), 1, dtype=batch.attention_mask.dtype)
+        for _ in range(max_new_tokens - 1):
+            step = model(chosen[-1][:, None], attention_mask=ones, past_kv_cache=cache)
+            chosen.append(step[:, -1].argmax(-1))
+    tokens = torch.stack(chosen, dim=1)
+    separator = batch.prompts[0].task.separator
+    texts = [_cut(model.tokenizer.decode(row), separator) for row in tokens.tolist()]
+    return Generation(logits, tokens, texts)
+
+
+def _cut(text: str, separator: str) -> str:
+    if separator:
+        text = text.split(separator)[0]
+    return text.split("\n")[0]
+
+
+def matches(text: str, answer: str) -> bool:
+    """Exact match after trimming spaces and the quotes/braces/full stop that may close it."""
+    return text.strip().rstrip('"}.,').strip() == answer.strip()
+
+
+def exact_match(generation: Generation, prompts: list[ICLPrompt]) -> list[bool]:
+    return [matches(text, p.answer) for text, p in zip(generation.texts, prompts)]

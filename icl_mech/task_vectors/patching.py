@@ -1,0 +1,78 @@
+"""Registry interventions that put a task vector into the residual stream.
+
+- ``ReplaceResidual`` ("task-vector"): Hendel et al.'s patch — overwrite
+  ``blocks.{layer}.hook_resid_post`` at the query's last token with θ.
+- ``AddToResidual`` ("task-vector-add"): the additive variant — add ``scale * v_l`` at one or
+  several layers (θ itself, or the mean ICL − zero-shot difference, function-vector style).
+
+A vector is ``[d_model]`` (same for every row) or ``[batch, d_model]`` (one per row).
+Both touch only the positions given (default: the last token of the prompt), so under a
+key/value cache they belong to the prompt's pass only (see ``generate.greedy``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from jaxtyping import Float
+from torch import Tensor
+
+from icl_mech.errors import IclMechError
+from icl_mech.hooks import AddVector, Intervention, Patch, points, register
+from icl_mech.positions import Positions
+
+SUFFIX = "hook_resid_post"
+
+
+def resid_point(model, layer: int) -> str:
+    """``blocks.{layer}.hook_resid_post``, with a clear error for a layer out of range."""
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise IclMechError(f"layer must be an int, got {layer!r}")
+    return points(model, SUFFIX, [layer])[0]
+
+
+def check_rows(vector: Tensor, batch, what: str) -> None:
+    if vector.ndim not in (1, 2):
+        raise IclMechError(
+            f"{what} must be [d_model] or [batch, d_model], got {tuple(vector.shape)}"
+        )
+    if vector.ndim == 2 and batch is not None and vector.shape[0] != len(batch):
+        raise IclMechError(
+            f"{what} has {vector.shape[0]} rows but the batch has {len(batch)} prompts"
+        )
+
+
+@register("task-vector")
+@dataclass(repr=False)
+class ReplaceResidual(Intervention):
+    """Overwrite the residual stream after ``layer`` at ``positions`` with ``vector`` (θ)."""
+
+    vector: Float[Tensor, "*batch d_model"]
+    layer: int
+    positions: Positions = "last"
+
+    def specs(self, model, batch):
+        point = resid_point(model, self.layer)
+        check_rows(self.vector, batch, f"task vector for {point!r}")
+        return Patch(point, self.vector, self.positions).specs(model, batch)
+
+
+@register("task-vector-add")
+@dataclass(repr=False)
+class AddToResidual(Intervention):
+    """Add ``scale * vectors[layer]`` to the residual stream after each given layer."""
+
+    vectors: Mapping[int, Float[Tensor, "*batch d_model"]]
+    scale: float = 1.0
+    positions: Positions = "last"
+
+    def specs(self, model, batch):
+        if not self.vectors:
+            raise IclMechError("AddToResidual needs at least one layer -> vector")
+        specs = []
+        for layer, vector in self.vectors.items():
+            point = resid_point(model, layer)
+            check_rows(vector, batch, f"vector for {point!r}")
+            specs += AddVector(point, vector, self.positions, self.scale).specs(model, batch)
+        return specs

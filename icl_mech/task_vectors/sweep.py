@@ -1,0 +1,216 @@
+"""The layer sweep: patch the query's last token at every layer, in one batched pass.
+
+Patching the last token cannot change the keys and values of the earlier tokens, so the
+query's prefix runs once (filling a TransformerLens key/value cache); the cache is then
+repeated once per layer and the last token alone runs for all ``layers x queries`` rows in a
+single pass, rows of block ``i`` patched at ``layers[i]`` by registry ``Patch``/``AddVector``
+items with row masks. ``naive_sweep_logits`` (one full patched forward per layer) is the
+reference it must equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import einops
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from icl_mech.errors import IclMechError
+from icl_mech.hooks import AddVector, Capture, Patch, attach, points, run
+from icl_mech.prompts import PromptBatch
+from icl_mech.task_vectors.patching import SUFFIX, AddToResidual, ReplaceResidual
+from icl_mech.task_vectors.vector import Mode
+
+Vectors = Float[Tensor, "batch layer d_model"] | Float[Tensor, "layer d_model"]
+
+
+def sweep_logits(
+    model,
+    batch: PromptBatch,
+    vectors: Vectors,
+    mode: Mode = "replace",
+    layers: Sequence[int] | None = None,
+    scale: float = 1.0,
+    groups: int = 1,
+) -> Float[Tensor, "layer batch vocab"]:
+    """Last-token logits with ``vectors[:, i]`` patched in at ``layers[i]``, for every i.
+
+    ``groups=1``: every patched row runs the whole stack in one pass. ``groups=g`` splits the
+    layers into g consecutive groups, each a pass that starts at its first layer from the
+    unpatched last-token residual (layers below a patch cannot see it), saving compute.
+    """
+    layers, rows = _validate(model, batch, vectors, mode, layers)
+    if not 1 <= groups <= len(layers):
+        raise IclMechError(f"groups must be between 1 and {len(layers)} layers, got {groups}")
+    chunks = [c.tolist() for c in torch.arange(len(layers)).tensor_split(groups)]
+    starts = [layers[chunk[0]] for chunk in chunks]
+    with torch.no_grad():
+        cache = _prefix_cache(model, batch)
+        cache.freeze()
+        entry = _start_states(model, batch, cache, starts)
+        out = [
+            _group_logits(
+                model, cache, entry[start], rows[:, chunk], [layers[i] for i in chunk], mode, scale
+            )
+            for start, chunk in zip(starts, chunks)
+        ]
+    return torch.cat(out)
+
+
+def naive_sweep_logits(
+    model,
+    batch: PromptBatch,
+    vectors: Vectors,
+    mode: Mode = "replace",
+    layers: Sequence[int] | None = None,
+    scale: float = 1.0,
+) -> Float[Tensor, "layer batch vocab"]:
+    """The reference: one full patched forward of the batch per layer."""
+    layers, rows = _validate(model, batch, vectors, mode, layers)
+    out = []
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            if mode == "replace":
+                item = ReplaceResidual(rows[:, i], layer)
+            else:
+                item = AddToResidual({layer: rows[:, i]}, scale)
+            out.append(run(model, batch, item)[:, -1])
+    return torch.stack(out)
+
+
+def _validate(model, batch, vectors, mode, layers) -> tuple[list[int], Tensor]:
+    if mode not in ("replace", "add"):
+        raise IclMechError(f"mode must be 'replace' or 'add', got {mode!r}")
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    if not layers:
+        raise IclMechError("the layer sweep needs at least one layer")
+    points(model, SUFFIX, layers)
+    if any(b <= a for a, b in zip(layers, layers[1:])):
+        raise IclMechError(f"sweep layers must be strictly increasing, got {layers}")
+    if vectors.ndim == 2:
+        vectors = einops.repeat(vectors, "layer d -> batch layer d", batch=len(batch))
+    expected = (len(batch), len(layers), model.cfg.d_model)
+    if tuple(vectors.shape) != expected:
+        raise IclMechError(
+            f"sweep vectors have shape {tuple(vectors.shape)}; expected [batch, layer, d_model] = "
+            f"{list(expected)} (or [layer, d_model]) for {model.cfg.model_name} at {SUFFIX}"
+        )
+    return layers, vectors.to(model.cfg.device, model.cfg.dtype)
+
+
+def _prefix_cache(model, batch: PromptBatch) -> TransformerLensKeyValueCache:
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(batch))
+    if batch.seq_len > 1:
+        model(
+            batch.tokens[:, :-1],
+            attention_mask=batch.attention_mask[:, :-1],
+            past_kv_cache=cache,
+            return_type=None,
+        )
+    return cache
+
+
+def _start_states(model, batch, cache, starts: list[int]) -> dict[int, Tensor]:
+    """The unpatched last token's residual entering each group's first layer."""
+    names = points(model, "hook_resid_pre", sorted(set(starts)))
+    capture = Capture(names, positions="last")
+    last = batch.tokens[:, -1:]
+    with attach(model, capture):
+        model(
+            last,
+            attention_mask=torch.ones_like(last),
+            past_kv_cache=cache,
+            stop_at_layer=max(starts) + 1,
+        )
+    return {layer: capture.activations[name] for layer, name in zip(sorted(set(starts)), names)}
+
+
+def _group_logits(model, cache, entry, rows, layers, mode, scale) -> Tensor:
+    """One pass from ``layers[0]`` over ``len(layers) x batch`` rows, block i patched at i."""
+    n_layers, size = len(layers), rows.shape[0]
+    repeated = _repeat_cache(cache, n_layers)
+    mask = torch.cat([repeated.previous_attention_mask, torch.ones(n_layers * size, 1)], dim=1)
+    residual = einops.repeat(entry, "batch d_model -> (layer batch) 1 d_model", layer=n_layers)
+    values = einops.rearrange(rows, "batch layer d_model -> (layer batch) d_model")
+    items = [
+        _layer_item(name, values, _block_mask(i, n_layers, size), mode, scale)
+        for i, name in enumerate(points(model, SUFFIX, layers))
+    ]
+    with attach(model, *items):
+        logits = model(
+            residual,
+            start_at_layer=layers[0],
+            attention_mask=mask.to(repeated.previous_attention_mask.dtype),
+            past_kv_cache=repeated,
+        )
+    return einops.rearrange(
+        logits[:, -1], "(layer batch) vocab -> layer batch vocab", layer=n_layers
+    )
+
+
+def _repeat_cache(cache: TransformerLensKeyValueCache, times: int) -> TransformerLensKeyValueCache:
+    def tile(tensor: Tensor) -> Tensor:
+        return einops.repeat(tensor, "batch ... -> (layer batch) ...", layer=times)
+
+    entries = [
+        TransformerLensKeyValueCacheEntry(tile(e.past_keys), tile(e.past_values))
+        for e in cache.entries
+    ]
+    return TransformerLensKeyValueCache(entries, tile(cache.previous_attention_mask))
+
+
+def _block_mask(index: int, n_layers: int, size: int) -> Tensor:
+    mask = torch.zeros(n_layers, size, 1, dtype=torch.bool)
+    mask[index] = True
+    return einops.rearrange(mask, "layer batch one -> (layer batch) one")
+
+
+def _layer_item(name: str, values: Tensor, mask: Tensor, mode: Mode, scale: float):
+    if mode == "replace":
+        return Patch(name, values, positions=mask)
+    return AddVector(name, values, positions=mask, scale=scale)
+
+
+@dataclass
+class LayerSweep:
+    """First-token accuracy of the patched zero-shot queries at every layer."""
+
+    task: str
+    mode: str
+    split: str
+    layers: list[int]
+    n_layers: int
+    accuracy: list[float]
+    n_queries: int
+
+    @property
+    def best_layer(self) -> int:
+        """The earliest layer with the highest accuracy."""
+        return self.layers[max(range(len(self.layers)), key=lambda i: (self.accuracy[i], -i))]
+
+    @property
+    def best_fraction(self) -> float:
+        """Depth of the best layer: layers run before the patched residual / all layers."""
+        return (self.best_layer + 1) / self.n_layers
+
+    def at(self, layer: int) -> float:
+        return self.accuracy[self.layers.index(layer)]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "task": self.task,
+                "mode": self.mode,
+                "split": self.split,
+                "layer": self.layers,
+                "depth": [(layer + 1) / self.n_layers for layer in self.layers],
+                "accuracy": self.accuracy,
+                "n_queries": self.n_queries,
+            }
+        )
