@@ -1,0 +1,169 @@
+"""Cost of all-layer saliency (Wang et al.) on the embedded model, measured side by side.
+
+1. saliency (one forward + one backward, every layer) / plain forward of the same batch
+   (goal <= 2.0x); the plain forward is ``model(tokens)`` under no_grad with full logits;
+2. throughput of one batch of 16 prompts vs 16 single-prompt runs (goal >= 3x);
+3. peak resident memory of saliency vs the plain forward (Linux VmHWM, reset before each run).
+
+Timings interleave the runs and report medians of wall-clock time and of process CPU time (all
+threads); on a shared machine the CPU-time ratios are the steadier ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+
+import torch
+
+from icl_mech import load_model
+from icl_mech.anchors import saliency, target_logits
+from icl_mech.anchors.experiment import task_prompts
+from icl_mech.prompts import PromptBatch
+from icl_mech.tasks import load
+
+
+def seconds(fn) -> tuple[float, float]:
+    """(wall-clock, process CPU) seconds of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def interleaved(runs: dict, repeats: int, warm_up: bool = True) -> dict[str, tuple]:
+    for fn in runs.values() if warm_up else ():
+        fn()
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(seconds(fn))
+    return {
+        name: tuple(statistics.median(column) for column in zip(*values))
+        for name, values in times.items()
+    }
+
+
+def line(label: str, value: tuple, unit: str, goal: str = "") -> str:
+    return f"{label:<34} wall {value[0]:8.2f} {unit}   cpu {value[1]:8.2f} {unit}   {goal}"
+
+
+def ratio(a: tuple, b: tuple) -> tuple:
+    return a[0] / b[0], a[1] / b[1]
+
+
+def _status(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory(fn) -> float | None:
+    """Peak resident memory above the level before the run, in MB (None if not measurable)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current resident size
+    except OSError:
+        return None
+    before = _status("VmRSS")
+    fn()
+    after = _status("VmHWM")
+    return None if before is None or after is None else (after - before) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="sentiment")
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    model = load_model()
+    prompts = task_prompts(load(args.task), args.n, seed=0)
+    batch = PromptBatch.from_prompts(model, prompts)
+    singles = [PromptBatch.from_prompts(model, [p]) for p in prompts]
+    print(
+        f"model {model.cfg.model_name}, task {args.task}, batch {tuple(batch.tokens.shape)}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+
+    def forward():
+        with torch.no_grad():
+            model(batch.tokens, attention_mask=batch.attention_mask)
+
+    def forward_at_q():
+        with torch.no_grad():
+            target_logits(model, batch)
+
+    def saliency_batch():
+        saliency(model, batch)
+
+    t = interleaved(
+        {"forward": forward, "forward_q": forward_at_q, "saliency": saliency_batch}, args.repeats
+    )
+    print(line("plain forward (full logits)", t["forward"], "s"))
+    print(line("forward, logits at q only", t["forward_q"], "s"))
+    print(line("all-layer saliency (fwd + bwd)", t["saliency"], "s"))
+    print(
+        line(
+            "ratio saliency / plain forward",
+            ratio(t["saliency"], t["forward"]),
+            "x",
+            "goal <= 2.0x",
+        )
+    )
+    print(line("ratio saliency / forward at q", ratio(t["saliency"], t["forward_q"]), "x"))
+
+    def saliency_singles():
+        for single in singles:
+            saliency(model, single)
+
+    def forward_singles():
+        with torch.no_grad():
+            for single in singles:
+                model(single.tokens, attention_mask=single.attention_mask)
+
+    b = interleaved(
+        {
+            "saliency_batch": saliency_batch,
+            "saliency_singles": saliency_singles,
+            "forward_batch": forward,
+            "forward_singles": forward_singles,
+        },
+        max(1, args.repeats - 1),
+        warm_up=False,
+    )
+    print(line(f"saliency, one batch of {args.n}", b["saliency_batch"], "s"))
+    print(line(f"saliency, {args.n} single-prompt runs", b["saliency_singles"], "s"))
+    speedup = ratio(b["saliency_singles"], b["saliency_batch"])
+    print(line("saliency throughput batch / single", speedup, "x", "goal >= 3x"))
+    print(line(f"forward, one batch of {args.n}", b["forward_batch"], "s"))
+    print(line(f"forward, {args.n} single-prompt runs", b["forward_singles"], "s"))
+    print(
+        line(
+            "forward throughput batch / single",
+            ratio(b["forward_singles"], b["forward_batch"]),
+            "x",
+        )
+    )
+
+    memory = {"forward": peak_memory(forward), "saliency": peak_memory(saliency_batch)}
+    if None in memory.values():
+        print("peak memory: not measurable here (needs Linux /proc/self/clear_refs)")
+    else:
+        print(
+            f"peak memory above baseline: forward {memory['forward']:.0f} MB, saliency "
+            f"{memory['saliency']:.0f} MB -> ratio "
+            f"{memory['saliency'] / max(memory['forward'], 1e-9):.2f} x"
+        )
+
+
+if __name__ == "__main__":
+    main()

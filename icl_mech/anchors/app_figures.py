@@ -1,0 +1,116 @@
+"""Figures of the anchor applications (Wang et al. 2023, Tables 1-3 and Figure 6); each function
+takes a result and returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from icl_mech.errors import IclMechError
+
+# Wang et al.'s Table 3 (GPT2-XL), under the names of the bundled tasks
+PAPER_SPEEDUP = {"sentiment": 1.1, "question_type": 1.5, "topic": 2.5, "emotion": 1.4}
+
+
+def _grouped_bars(ax, frame: pd.DataFrame, ylabel: str, fmt: str = "%.0f") -> None:
+    """One group per row of ``frame``, one bar per column."""
+    width = 0.8 / len(frame.columns)
+    x = np.arange(len(frame.index))
+    for i, column in enumerate(frame.columns):
+        bars = ax.bar(x + (i - (len(frame.columns) - 1) / 2) * width, frame[column], width)
+        bars.set_label(str(column))
+        ax.bar_label(bars, fmt=fmt, fontsize=7)
+    ax.set_xticks(x, [str(i) for i in frame.index])
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+
+
+def reweighting_figure(table) -> Figure:
+    """Table 1 as bars: accuracy per task (and average) of the three conditions."""
+    figure = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = figure.subplots()
+    _grouped_bars(ax, table.table(), "accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Anchor re-weighting (Table 1)")
+    return figure
+
+
+def compression_figure(table) -> Figure:
+    """Table 2 as bars: label loyalty, word loyalty and accuracy of each method."""
+    figure = Figure(figsize=(7.5, 3.6), layout="constrained")
+    ax = figure.subplots()
+    _grouped_bars(ax, table.table(), "%")
+    ax.set_ylim(0, 110)
+    ax.set_title("Context compression: loyalty to the full prompt (Table 2)")
+    return figure
+
+
+def speedup_figure(table3: pd.DataFrame) -> Figure:
+    """Table 3: Hidden_anchor speed-up per task (logits at q; logits at every token, when
+    measured) beside the paper's (GPT2-XL)."""
+    if "speedup" not in table3.columns:
+        raise IclMechError(f"speed-up table lacks a 'speedup' column: {list(table3.columns)}")
+    frame = pd.DataFrame({"this model, logits at q": table3["speedup"]})
+    if "speedup_every_position" in table3.columns:
+        frame["this model, logits at every token"] = table3["speedup_every_position"]
+    frame["paper (GPT2-XL)"] = [PAPER_SPEEDUP.get(t, np.nan) for t in table3.index]
+    figure = Figure(figsize=(6.5, 3.6), layout="constrained")
+    ax = figure.subplots()
+    _grouped_bars(ax, frame, "speed-up (full / Hidden_anchor)", fmt="%.2f")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_title("Inference time per query (Table 3)")
+    return figure
+
+
+def diagnosis_figure(diagnoses: Sequence) -> Figure:
+    """Per task: predicted and actual confusion side by side (0 / 0.5 = confused), and the
+    correlation each single layer would give when it was scanned."""
+    if not diagnoses:
+        raise IclMechError("diagnosis_figure: no diagnosis given")
+    scanned = any(d.per_layer and len(d.per_layer) > 1 for d in diagnoses)
+    columns = 3 if scanned else 2
+    figure = Figure(figsize=(4.2 * columns, 3.8 * len(diagnoses)), layout="constrained")
+    axes = np.atleast_2d(figure.subplots(len(diagnoses), columns))
+    for row, diagnosis in zip(axes, diagnoses):
+        layers = ",".join(map(str, diagnosis.layers))
+        titles = (
+            f"{diagnosis.task}: predicted (layer {layers})",
+            f"actual AUC-ROC (r = {diagnosis.correlation:.2f})",
+        )
+        for ax, matrix, title in zip(row, (diagnosis.predicted, diagnosis.actual), titles):
+            _heatmap(ax, matrix.numpy(), diagnosis.classes, title)
+        if scanned:
+            layer_ids = sorted(diagnosis.per_layer)
+            row[2].plot(layer_ids, [diagnosis.per_layer[i] for i in layer_ids], marker="o")
+            row[2].axhline(0, color="grey", linewidth=0.8)
+            row[2].set_xlabel("layer")
+            row[2].set_ylabel("Pearson r, predicted vs actual")
+            row[2].set_title("keys of one layer")
+    return figure
+
+
+def _heatmap(ax, matrix: np.ndarray, classes: Sequence[str], title: str) -> None:
+    image = ax.imshow(matrix, cmap="YlGnBu", vmin=0, vmax=1)
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, [c[:6] for c in classes], rotation=45, fontsize=8)
+    ax.set_yticks(ticks, [c[:6] for c in classes], fontsize=8)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.figure.colorbar(image, ax=ax, shrink=0.8)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub table of the frame, index included."""
+    frame = frame.reset_index() if frame.index.name or frame.index.names[0] else frame
+    rows = [[str(v) for v in frame.columns]] + [[_cell(v) for v in row] for row in frame.values]
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join([lines[0], "|" + " --- |" * len(frame.columns), *lines[1:]]) + "\n"
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,299 @@
+"""Anchor-only context compression (Wang et al. 2023, section 3.2), on TransformerLens's KV cache.
+
+The demonstrations run once into a ``ContextCache``; ``select`` keeps some entries (Hidden_anchor:
+label words and formatting tokens); ``answer`` runs only the query tokens against it, at the full
+prompt's positions: cached entries keep theirs, the query continues after the full context.
+TransformerLens caches keys before the rotary embedding and rotates all keys at each forward at
+positions counted from the attention mask (kept entries would move left), so the cache handed to
+the model holds each key pre-rotated by (true - counted) positions and ``ContinuePositions``
+rotates the query's queries and keys by its gap (rotations compose); with learned positions it
+overwrites the query's ``hook_pos_embed``. Keeping every entry reproduces the full prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from icl_mech.anchors.readout import unembed
+from icl_mech.errors import IclMechError
+from icl_mech.hooks import HookSpec, Intervention, attach, points, register
+from icl_mech.prompts import ROLES, PromptBatch
+
+ANCHOR_ROLES = ("bos", "template", "label", "separator")  # label words + formatting tokens
+
+
+@dataclass
+class Tokens:
+    """Left-padded tokens of one part of the prompts (the context or the queries)."""
+
+    tokens: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+    roles: Int[Tensor, "batch seq"]  # codes into prompts.ROLES
+    classes: Int[Tensor, "batch seq"]  # class index of a label word's tokens, -1 elsewhere
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def shared(self) -> Tokens:
+        """The one row every prompt shares (same demonstrations), or an error."""
+        real = [self.tokens[b, self.attention_mask[b].bool()] for b in range(len(self))]
+        differ = [b for b, row in enumerate(real) if not torch.equal(row, real[0])]
+        if differ:
+            message = "encode the contexts row by row instead of sharing one"
+            raise IclMechError(
+                f"rows {differ} have other demonstration tokens than row 0; {message}"
+            )
+        return self.take(torch.tensor([0]))
+
+    def take(self, index: Int[Tensor, " rows"]) -> Tokens:
+        """Some rows, without the columns that are padding in all of them."""
+        rows = [t[index] for t in (self.tokens, self.attention_mask, self.roles, self.classes)]
+        width = int(rows[1].sum(1).max())
+        return Tokens(*(t[:, t.shape[1] - width :] for t in rows))
+
+
+def split_prompts(batch: PromptBatch) -> tuple[Tokens, Tokens]:
+    """(context, queries): each row cut where its query starts, each part left-padded again."""
+    classes = torch.full_like(batch.tokens, -1)
+    context, queries = [], []
+    for b, row in enumerate(batch.rows):
+        for d, label_tokens in enumerate(row.labels if batch.demo_labels else []):
+            classes[b, label_tokens] = batch.demo_labels[b][d]
+        if not row.demos:
+            raise IclMechError(f"row {b} is a zero-shot prompt: no demonstrations to cache")
+        pad, start = int((batch.attention_mask[b] == 0).sum()), row.query[0]
+        fields = (batch.tokens[b], batch.attention_mask[b], batch.roles[b], classes[b])
+        context.append([t[pad:start] for t in fields])
+        queries.append([t[start:] for t in fields])
+    return _left_pad(context), _left_pad(queries)
+
+
+def _left_pad(rows: list[list[Tensor]]) -> Tokens:
+    longest = max(len(row[0]) for row in rows)
+    fill = (0, 0, ROLES.index("pad"), -1)
+    out = [torch.full((len(rows), longest), f, dtype=torch.long) for f in fill]
+    for b, row in enumerate(rows):
+        for tensor, part in zip(out, row):
+            tensor[b, longest - len(part) :] = part
+    return Tokens(*out)
+
+
+def signature(model) -> tuple:
+    """Name, shape and a few embedding weights: tells apart models of one shape too."""
+    cfg = model.cfg
+    shape = (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads, cfg.d_head)
+    return cfg.model_name, shape, float(model.embed.W_E[:8].detach().double().sum())
+
+
+@dataclass
+class ContextCache:
+    """Keys (before the rotary embedding) and values per layer of context entries, computed in
+    full context; ``positions`` in the full prompt; ``length``: where the query continues."""
+
+    keys: list[Float[Tensor, "batch entry kv_head d_head"]]
+    values: list[Float[Tensor, "batch entry kv_head d_head"]]
+    attention_mask: Int[Tensor, "batch entry"]  # 0 = left padding
+    positions: Int[Tensor, "batch entry"]
+    length: Int[Tensor, " batch"]
+    roles: Int[Tensor, "batch entry"]  # codes into prompts.ROLES
+    classes: Int[Tensor, "batch entry"]  # class of a label word's entries, -1 elsewhere
+    signature: tuple  # of the model that computed it
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return self.attention_mask.shape[0]
+
+    @property
+    def kept(self) -> Int[Tensor, " batch"]:
+        return self.attention_mask.sum(1)
+
+    def select(self, keep: Bool[Tensor, "batch entry"]) -> ContextCache:
+        """Only the entries where ``keep`` is true (padding is never kept), re-padded left."""
+        if tuple(keep.shape) != tuple(self.attention_mask.shape):
+            raise IclMechError(
+                f"keep mask has shape {tuple(keep.shape)}, the cache holds "
+                f"[batch, entry] = {tuple(self.attention_mask.shape)}"
+            )
+        keep = keep.bool() & self.attention_mask.bool()
+        counts = keep.sum(1)
+        if bool((counts == 0).any()):
+            raise IclMechError(f"rows {torch.nonzero(counts == 0).flatten().tolist()} keep nothing")
+        # stable sort puts the kept entries last, in order: left padding again
+        index = torch.sort(keep.long(), dim=1, stable=True).indices[:, -int(counts.max()) :]
+        mask = keep.gather(1, index).long()
+
+        def gather(t: Tensor) -> Tensor:
+            at = index.view(*index.shape, *[1] * (t.ndim - 2)).expand(-1, -1, *t.shape[2:])
+            return t.gather(1, at)
+
+        return ContextCache(
+            [gather(k) for k in self.keys],
+            [gather(v) for v in self.values],
+            mask,
+            gather(self.positions) * mask,
+            self.length,
+            torch.where(mask.bool(), gather(self.roles), ROLES.index("pad")),
+            torch.where(mask.bool(), gather(self.classes), -1),
+            self.signature,
+        )
+
+    def expand(self, batch_size: int) -> ContextCache:
+        """A one-row cache repeated for ``batch_size`` queries (no copy)."""
+        if len(self) == batch_size:
+            return self
+        if len(self) != 1:
+            raise IclMechError(
+                f"the cache holds {len(self)} contexts but {batch_size} queries were given; "
+                "use one context per query, or a single shared context"
+            )
+        if batch_size not in self._memo:
+            grow = lambda t: t.expand(batch_size, *t.shape[1:])  # noqa: E731
+            per_row = ("attention_mask", "positions", "length", "roles", "classes")
+            self._memo[batch_size] = replace(
+                self,
+                keys=[grow(k) for k in self.keys],
+                values=[grow(v) for v in self.values],
+                **{name: grow(getattr(self, name)) for name in per_row},
+            )
+        return self._memo[batch_size]
+
+    def check(self, model) -> None:
+        (mine, shape, _), (theirs, their_shape, _) = self.signature, signature(model)
+        if self.signature != signature(model):
+            other = " (same shape, other weights)" if shape == their_shape else ""
+            raise IclMechError(
+                f"this cache was computed by {mine} {shape} and cannot be used with "
+                f"{theirs} {their_shape}{other}"
+            )
+
+    def for_model(self, model) -> TransformerLensKeyValueCache:
+        """A frozen TransformerLens cache whose keys land at their full-prompt positions."""
+        self.check(model)
+        if "prepared" not in self._memo:
+            counted = (self.attention_mask.cumsum(1) - 1).clamp(min=0)
+            gap = (self.positions - counted) * self.attention_mask
+            entries = []
+            for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+                if model.cfg.positional_embedding_type == "rotary":
+                    k = rotate(model.blocks[layer].attn, k, gap)
+                entries.append(TransformerLensKeyValueCacheEntry(k, v, frozen=True))
+            mask = self.attention_mask.clone()
+            self._memo["prepared"] = TransformerLensKeyValueCache(entries, mask, frozen=True)
+        return self._memo["prepared"]
+
+
+def rotate(
+    attn, x: Float[Tensor, "batch pos head d_head"], steps: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Advance rotary-embedded vectors by ``steps`` positions, with the layer's own tables."""
+    table = attn.rotary_cos.shape[0]
+    if steps.numel() and (int(steps.max()) >= table or int(steps.min()) < 0):
+        raise IclMechError(f"rotary shift outside 0..{table - 1} positions")
+    dim = attn.cfg.rotary_dim
+    x_rot, x_pass = x[..., :dim], x[..., dim:]
+    cos = attn.rotary_cos[steps][:, :, None, :].to(x.dtype)
+    sin = attn.rotary_sin[steps][:, :, None, :].to(x.dtype)
+    return torch.cat([x_rot * cos + attn.rotate_every_two(x_rot) * sin, x_pass], dim=-1)
+
+
+def check_positions_supported(model) -> None:
+    cfg, kind = model.cfg, model.cfg.positional_embedding_type
+    scaled = getattr(cfg, "use_dynamic_ntk_rope", False) or getattr(cfg, "use_logn_attn", False)
+    if kind not in ("rotary", "standard") or scaled:
+        supported = "rotary or learned absolute positions, without length-dependent scaling"
+        raise IclMechError(f"context caching needs {supported}; {cfg.model_name} uses {kind!r}")
+
+
+@register("continue-positions")
+@dataclass(repr=False)
+class ContinuePositions(Intervention):
+    """Put the query tokens run against a (compressed) cache at their full-prompt positions.
+
+    ``start[b]``: full context length of row b, where its query begins; ``gap[b]``: entries
+    missing from the cache (start - kept). Rotary: the query's queries and keys are rotated by
+    the gap. Learned positions: its ``hook_pos_embed`` becomes ``W_pos`` at the true positions.
+    """
+
+    start: Int[Tensor, " batch"]
+    gap: Int[Tensor, " batch"]
+    query_mask: Int[Tensor, "batch q_len"]
+
+    def specs(self, model, batch):
+        check_positions_supported(model)
+        if model.cfg.positional_embedding_type == "standard":
+            return [HookSpec("hook_pos_embed", lambda x, hook: self._embed(model, x))]
+        names = points(model, "attn.hook_rot_q") + points(model, "attn.hook_rot_k")
+        return [HookSpec(name, lambda x, hook: self._rotate(model, x, hook.name)) for name in names]
+
+    def _embed(self, model, pos_embed: Float[Tensor, "batch q d_model"]) -> Tensor:
+        mask = self.query_mask.to(pos_embed.device)
+        true = self.start.to(mask.device)[:, None] + (mask.cumsum(1) - 1).clamp(min=0)
+        if int(true.max()) >= model.cfg.n_ctx:
+            raise IclMechError(f"query reaches position {int(true.max())} >= n_ctx")
+        return model.pos_embed.W_pos[true] * mask[:, :, None]
+
+    def _rotate(self, model, x: Float[Tensor, "batch pos head d_head"], name: str) -> Tensor:
+        new = self.query_mask.shape[1]  # the keys also hold the cached entries, first
+        steps = self.gap.to(x.device)[:, None].expand(-1, new)
+        moved = rotate(model.blocks[int(name.split(".")[1])].attn, x[:, -new:], steps)
+        return moved if new == x.shape[1] else torch.cat([x[:, :-new], moved], dim=1)
+
+
+def encode_context(model, context: Tokens, *items) -> ContextCache:
+    """Run the context once (``items`` attached) and keep every entry's keys and values."""
+    check_positions_supported(model)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(context))
+    mask, n_layers = context.attention_mask, model.cfg.n_layers
+    with torch.no_grad(), attach(model, *items):  # the blocks fill the cache; skip the unembed
+        model(context.tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=n_layers)
+    keys, values = [e.past_keys for e in cache.entries], [e.past_values for e in cache.entries]
+    positions = (mask.cumsum(1) - 1).clamp(min=0) * mask
+    per_entry = (
+        mask.clone(),
+        positions,
+        mask.sum(1),
+        context.roles.clone(),
+        context.classes.clone(),
+    )
+    return ContextCache(keys, values, *per_entry, signature(model))
+
+
+def encode_shared(model, prompts) -> tuple[ContextCache, Tokens, PromptBatch]:
+    """Prompts with the same demonstrations: (one-row cache of them, query tokens, the batch)."""
+    batch = PromptBatch.from_prompts(model, prompts)
+    context, queries = split_prompts(batch)
+    return encode_context(model, context.shared()), queries, batch
+
+
+def answer(model, cache: ContextCache, queries: Tokens, *items, every_position=False) -> Tensor:
+    """Logits [batch, vocab] at the last query token (``every_position``: [batch, q_len, vocab]),
+    the queries attending to the cache (``items`` attached after the position hooks)."""
+    cache.check(model)
+    cache = cache.expand(len(queries))
+    past, mask = cache.for_model(model), queries.attention_mask
+    end = None if every_position else model.cfg.n_layers  # else: unembed the last token only
+    with attach(model, ContinuePositions(cache.length, cache.length - cache.kept, mask), *items):
+        out = model(queries.tokens, attention_mask=mask, past_kv_cache=past, stop_at_layer=end)
+    return out if every_position else unembed(model, out[:, -1])
+
+
+def anchor_keep(cache: ContextCache, roles=ANCHOR_ROLES) -> Bool[Tensor, "batch entry"]:
+    """Hidden_anchor: the entries of label words and formatting tokens."""
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise IclMechError(f"unknown roles {unknown}; choose among {ROLES}")
+    codes = torch.tensor([ROLES.index(r) for r in roles])
+    keep = torch.isin(cache.roles, codes) & cache.attention_mask.bool()
+    no_label = ~(keep & (cache.roles == ROLES.index("label"))).any(1)
+    if bool(no_label.any()):
+        raise IclMechError(
+            f"rows {torch.nonzero(no_label).flatten().tolist()} have no label positions "
+            f"among the kept roles {tuple(roles)}; compression keeps the label-word anchors"
+        )
+    return keep

@@ -1,0 +1,136 @@
+"""All three analyses of a task from one saliency pass per batch.
+
+Per batch: one forward + backward gives the saliency (hence the flows), the unmodified logits
+at q, the target's attention rows (AUC-ROC) and the residual stream entering the first deep
+layer; then the four isolation runs reuse the logits and, for deep isolation, that residual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from icl_mech.evaluation import batches, build_prompts
+from icl_mech.hooks import Capture, points
+from icl_mech.prompts import ICLPrompt, PromptBatch, Task
+
+from .aucroc import AnchorAuc, QueryAttention, Span, class_scores
+from .flows import Flows, flows
+from .isolation import deep_layers
+from .loyalty import Loyalty, isolation_loyalty
+from .readout import Anchors
+from .saliency import Target, saliency
+
+
+@dataclass
+class Settings:
+    """The knobs of the analysis, with the paper's defaults."""
+
+    k: int = 5  # isolated layers, shallow (first k) and deep (last k)
+    anchors: Anchors = "all"
+    span: Span = "sum"
+    target: Target = "gold"
+    top_k: int = 5
+    n_random: int | None = None  # random words isolated per row (default: as many as anchors)
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
+class TaskAnalysis:
+    task: str
+    flows: Flows
+    loyalty: Loyalty
+    auc: AnchorAuc
+    correct: torch.Tensor  # [example] bool: prediction equals gold
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.float().mean())
+
+    def to_frame(self) -> pd.DataFrame:
+        """The headline per-layer table: mean flows (normalised), AUC-ROC_l and R_l."""
+        mean = self.flows.mean(normalised=True)
+        frame = self.auc.to_frame()
+        for i, name in enumerate(("S_wp", "S_pq", "S_ww")):
+            frame[name] = mean[:, i].numpy()
+        return frame
+
+
+def analyse_batch(model, batch: PromptBatch, settings: Settings):
+    """(flows, loyalty, auc, correct) of one batch."""
+    deep = deep_layers(model, settings.k)
+    attention = QueryAttention()
+    capture = Capture(points(model, "hook_resid_pre", deep[:1])) if deep else None
+    extra = [attention] + ([capture] if capture else [])
+    result = saliency(model, batch, *extra, target=settings.target)
+    residual = next(iter(capture.activations.values())) if capture else None
+    loyalty = isolation_loyalty(
+        model,
+        batch,
+        settings.k,
+        anchors=settings.anchors,
+        n_random=settings.n_random,
+        top_k=settings.top_k,
+        seed=settings.seed,
+        base_logits=result.logits,
+        deep_residual=residual,
+    )
+    scores = class_scores(attention.stacked(), batch, settings.anchors, settings.span)
+    task = batch.prompts[0].task.name
+    auc = AnchorAuc(scores, result.predicted.cpu(), sorted(attention.rows), task)
+    correct = result.predicted.cpu() == batch.gold
+    return flows(result, batch, settings.anchors), loyalty, auc, correct
+
+
+def analyse_prompts(
+    model, prompts: Sequence[ICLPrompt], settings: Settings, progress: bool | str = False
+) -> TaskAnalysis:
+    """Analyse prompts of one task, batched by similar length (results keep prompt order)."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].text))
+    parts = []
+    for batch in batches(model, [prompts[i] for i in order], settings.batch_size, progress):
+        parts.append(analyse_batch(model, batch, settings))
+    inverse = torch.argsort(torch.tensor(order))
+    flow = Flows.concat([p[0] for p in parts])
+    loyalty = Loyalty.concat([p[1] for p in parts])
+    auc = AnchorAuc.concat([p[2] for p in parts])
+    correct = torch.cat([p[3] for p in parts])
+    flow.values = flow.values[inverse]
+    loyalty.label, loyalty.word = loyalty.label[inverse], loyalty.word[inverse]
+    auc.scores, auc.predicted = auc.scores[inverse], auc.predicted[inverse]
+    return TaskAnalysis(flow.task, flow, loyalty, auc, correct[inverse])
+
+
+def task_prompts(task: Task, n: int, seed: int, shots: int = 1) -> list[ICLPrompt]:
+    """``n`` held-out queries of a seeded split, ``shots`` demonstrations per class each."""
+    pool, test = task.split(n, seed)
+    return build_prompts(pool, shots, test.examples, seed)
+
+
+def analyse_task(
+    model,
+    task: Task,
+    n: int = 100,
+    seeds: Sequence[int] = (0,),
+    settings: Settings | None = None,
+    shots: int = 1,
+    progress: bool = True,
+) -> TaskAnalysis:
+    """Every seed draws its own split and demonstrations; results are pooled over seeds."""
+    settings = settings or Settings()
+    parts = []
+    for seed in seeds:
+        prompts = task_prompts(task, n, seed, shots)
+        label = progress and f"{task.name} seed {seed}"
+        parts.append(analyse_prompts(model, prompts, settings, progress=label))
+    return TaskAnalysis(
+        task.name,
+        Flows.concat([p.flows for p in parts]),
+        Loyalty.concat([p.loyalty for p in parts]),
+        AnchorAuc.concat([p.auc for p in parts]),
+        torch.cat([p.correct for p in parts]),
+    )

@@ -1,0 +1,110 @@
+"""The paper's figures: flows per layer (Fig. 3), loyalty under isolation (Fig. 4), AUC-ROC_l
+and R_l (Fig. 5). Each function takes results and returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from icl_mech.errors import IclMechError
+
+from .aucroc import AnchorAuc
+from .flows import FLOWS, Flows
+from .loyalty import CONDITIONS, Loyalty
+
+FLOW_LABELS = {
+    "S_wp": "$S_{wp}$ (text → label)",
+    "S_pq": "$S_{pq}$ (label → q)",
+    "S_ww": "$S_{ww}$",
+}
+
+
+def _panels(n: int, width: float = 4.0, height: float = 3.0):
+    if n == 0:
+        raise IclMechError("a figure needs at least one result")
+    columns = min(n, 2)
+    rows = math.ceil(n / columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).flatten())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return figure, axes
+
+
+def flows_figure(results: Sequence[Flows], normalised: bool = True) -> Figure:
+    """Fig. 3: S_wp, S_pq, S_ww per layer, one panel per task; band = ± one std over examples."""
+    figure, axes = _panels(len(results))
+    for ax, result in zip(axes, results):
+        mean, std = result.mean(normalised).numpy(), result.std(normalised).numpy()
+        for i, name in enumerate(FLOWS):
+            ax.plot(result.layers, mean[:, i], label=FLOW_LABELS[name], color=f"C{i}")
+            low, high = mean[:, i] - std[:, i], mean[:, i] + std[:, i]
+            if normalised:
+                low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+            ax.fill_between(result.layers, low, high, color=f"C{i}", alpha=0.15, linewidth=0)
+        ax.set_title(f"{result.task} (n={len(result.values)})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("share of saliency" if normalised else "mean saliency")
+    axes[0].legend(fontsize="small")
+    figure.suptitle("Information flow per layer" + (" (renormalised)" if normalised else ""))
+    return figure
+
+
+def loyalty_figure(results: Sequence[Loyalty]) -> Figure:
+    """Fig. 4: label and word loyalty, label words vs random words, first vs last k layers."""
+    if not results:
+        raise IclMechError("loyalty_figure needs at least one result")
+    figure = Figure(figsize=(9, 3.4), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    names = [r.task for r in results] + ["mean"]
+    width = 0.8 / len(CONDITIONS)
+    for ax, metric in zip(axes, ("label", "word")):
+        for c, (depth, words) in enumerate(CONDITIONS):
+            means, errors = [], []
+            for result in results:
+                values = getattr(result, metric)[:, result.conditions.index((depth, words))]
+                means.append(float(values.mean()))
+                errors.append(
+                    float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0
+                )
+            means.append(float(np.mean(means)))
+            errors.append(0.0)
+            x = np.arange(len(names)) + (c - (len(CONDITIONS) - 1) / 2) * width
+            hatch = None if words == "label" else "//"
+            color = "C0" if depth == "shallow" else "C3"
+            label = f"{words} words, {depth} (k={results[0].k})"
+            ax.bar(x, means, width, yerr=errors, color=color, hatch=hatch, label=label)
+        ax.set_xticks(np.arange(len(names)), names, rotation=20)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{metric} loyalty")
+    axes[0].set_ylabel("loyalty to the unmodified run")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="small")
+    figure.suptitle("Isolating label words vs random words in shallow or deep layers")
+    return figure
+
+
+def auc_figure(results: Sequence[AnchorAuc]) -> Figure:
+    """Fig. 5: AUC-ROC_l of A_l(q, p_i) for the model's prediction (left axis), R_l (right)."""
+    figure, axes = _panels(len(results))
+    for ax, result in zip(axes, results):
+        ax.plot(result.layers, result.auc().numpy(), color="C0", marker=".", label="AUC-ROC$_l$")
+        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_ylim(0, 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("AUC-ROC$_l$", color="C0")
+        twin = ax.twinx()
+        twin.plot(result.layers, result.ratio().numpy(), color="C1", label="$R_l$")
+        twin.set_ylabel("$R_l$", color="C1")
+        if result.ratio().isnan().all():
+            twin.text(0.5, 0.9, "R undefined: Σ(AUC − 0.5) ≤ 0", transform=ax.transAxes,
+                      ha="center", fontsize="small", color="C1")  # fmt: skip
+        ax.set_title(f"{result.task} (n={len(result.predicted)})")
+    figure.suptitle("Attention of q on the label words predicts the output in deep layers")
+    return figure

@@ -1,0 +1,129 @@
+"""Information flows from the saliency matrices (Wang et al. 2023, section 2.1).
+
+With p_k the anchor (label-word) positions and q the target position, per layer:
+
+- ``S_wp``: mean of I(p_k, j) over j < p_k (text → label words);
+- ``S_pq``: mean of I(q, p_k) (label words → target);
+- ``S_ww``: mean of every other I(i, j), j < i.
+
+The diagonal (j = i) and padding are excluded from all three. ``normalised()`` is the paper's
+per-layer view where the three values of one example and layer sum to 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import einops
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from icl_mech.errors import IclMechError
+from icl_mech.prompts import PromptBatch
+
+from .readout import Anchors, anchor_mask
+from .saliency import SaliencyResult
+
+FLOWS = ("S_wp", "S_pq", "S_ww")
+
+
+def flow_masks(
+    valid: Bool[Tensor, "batch seq"],
+    anchors: Bool[Tensor, "batch seq"],
+    targets: Int[Tensor, " batch"],
+) -> Bool[Tensor, "batch 3 query key"]:
+    """The three disjoint sets of (query, key) pairs, as masks."""
+    batch_size, seq = valid.shape
+    positions = torch.arange(seq)
+    earlier = positions[None, :] < positions[:, None]  # [query, key]: key strictly before query
+    pairs = valid[:, :, None] & valid[:, None, :] & earlier
+    is_target = positions[None, :] == targets[:, None]  # [batch, seq]
+    word_to_label = pairs & anchors[:, :, None]
+    label_to_target = pairs & is_target[:, :, None] & anchors[:, None, :]
+    word_to_word = pairs & ~word_to_label & ~label_to_target
+    return torch.stack([word_to_label, label_to_target, word_to_word], dim=1)
+
+
+def flow_values(
+    scores: Float[Tensor, "batch layer query key"],
+    valid: Bool[Tensor, "batch seq"],
+    anchors: Bool[Tensor, "batch seq"],
+    targets: Int[Tensor, " batch"],
+) -> Float[Tensor, "batch layer 3"]:
+    """Mean saliency over each pair set; NaN where a set is empty."""
+    if scores.shape[0] != valid.shape[0] or scores.shape[-2:] != (valid.shape[1],) * 2:
+        raise IclMechError(
+            f"saliency scores {tuple(scores.shape)} do not match a batch of shape "
+            f"{tuple(valid.shape)}"
+        )
+    masks = flow_masks(valid.cpu(), anchors.cpu(), targets.cpu()).to(scores.dtype)
+    sums = einops.einsum(scores.cpu(), masks, "b l q k, b f q k -> b l f")
+    counts = einops.reduce(masks, "b f q k -> b 1 f", "sum")
+    return sums / counts  # 0/0 → NaN marks an empty set
+
+
+@dataclass
+class Flows:
+    """S_wp, S_pq, S_ww per example and layer, for one task."""
+
+    values: Float[Tensor, "example layer 3"]
+    layers: list[int]
+    task: str = ""
+
+    def normalised(self) -> Float[Tensor, "example layer 3"]:
+        return self.values / self.values.sum(-1, keepdim=True)
+
+    def mean(self, normalised: bool = False) -> Float[Tensor, "layer 3"]:
+        return (self.normalised() if normalised else self.values).nanmean(0)
+
+    def std(self, normalised: bool = False) -> Float[Tensor, "layer 3"]:
+        values = self.normalised() if normalised else self.values
+        return values.std(0) if len(values) > 1 else torch.zeros_like(values[0])
+
+    def dominant(self) -> list[str]:
+        """Per layer, which of S_wp and S_pq is larger on average."""
+        mean = self.mean()
+        return ["S_wp" if wp > pq else "S_pq" for wp, pq in mean[:, :2].tolist()]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per example, layer and flow: raw and renormalised value."""
+        n_examples = len(self.values)
+        raw, norm = self.values, self.normalised()
+        index = pd.MultiIndex.from_product(
+            [range(n_examples), self.layers, FLOWS], names=["example", "layer", "flow"]
+        )
+        frame = pd.DataFrame(
+            {"value": raw.flatten().numpy(), "normalised": norm.flatten().numpy()}, index=index
+        ).reset_index()
+        frame.insert(0, "task", self.task)
+        return frame
+
+    def summary(self) -> pd.DataFrame:
+        """Mean and standard deviation over examples, per layer and flow."""
+        frame = self.to_frame()
+        grouped = frame.groupby(["task", "layer", "flow"], sort=False)
+        out = grouped[["value", "normalised"]].agg(["mean", "std"])
+        out.columns = [f"{a}_{b}" for a, b in out.columns]
+        return out.reset_index()
+
+    @classmethod
+    def concat(cls, parts: Sequence[Flows]) -> Flows:
+        if not parts:
+            raise IclMechError("Flows.concat: nothing to concatenate")
+        if any(p.layers != parts[0].layers for p in parts):
+            raise IclMechError("Flows.concat: parts cover different layers")
+        return cls(torch.cat([p.values for p in parts]), parts[0].layers, parts[0].task)
+
+
+def flows(result: SaliencyResult, batch: PromptBatch, anchors: Anchors = "all") -> Flows:
+    """The three flows of every row and layer of a saliency result."""
+    values = flow_values(
+        result.scores,
+        batch.attention_mask.bool(),
+        anchor_mask(batch, anchors),
+        batch.targets,
+    )
+    return Flows(values, list(result.layers), batch.prompts[0].task.name)

@@ -1,0 +1,115 @@
+"""Anchors, prompt checks and a cheap read-out of the prediction at the target position q.
+
+Wang et al. only need the logits at q. ``target_logits`` stops the forward after the last block
+and applies the final norm and the unembedding to the q row alone, which skips the
+``[batch, seq, vocab]`` logits tensor (a fifth of SmolLM2-135M's forward cost). It can also
+resume a forward from a cached residual stream (``start_at_layer``), which makes interventions
+confined to the last layers cheap.
+
+Anchors: ``"all"`` takes every token of each demonstration's label word (the default, so a
+multi-token label word is isolated and read as a whole); ``"first"`` takes its first token
+only (Wang et al.'s choice; on the embedded SmolLM2 every bundled label word is one token).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from icl_mech.errors import IclMechError
+from icl_mech.hooks import attach
+from icl_mech.prompts import PromptBatch
+
+Anchors = Literal["all", "first"]
+ANCHORS = ("all", "first")
+
+
+def check_anchors(anchors: str) -> None:
+    if anchors not in ANCHORS:
+        raise IclMechError(f"anchors must be one of {ANCHORS}, got {anchors!r}")
+
+
+def require_label_words(batch: PromptBatch, what: str) -> None:
+    """Every row must be a classification prompt with at least one demonstration."""
+    task = batch.prompts[0].task
+    if batch.class_token_ids is None:
+        raise IclMechError(
+            f"{what} needs a classification task with label words; task {task.name!r} has none"
+        )
+    empty = [b for b, row in enumerate(batch.rows) if not any(row.labels)]
+    if empty:
+        raise IclMechError(
+            f"{what}: prompt row(s) {empty} of task {task.name!r} hold no label word "
+            "(zero-shot prompts?); build them with demonstrations"
+        )
+
+
+def anchor_mask(batch: PromptBatch, anchors: Anchors = "all") -> Bool[Tensor, "batch seq"]:
+    """The label-word positions p_k, per the ``anchors`` choice."""
+    check_anchors(anchors)
+    require_label_words(batch, "anchor positions")
+    return batch.label_mask(first_token_only=anchors == "first")
+
+
+def check_layers(model, layers, what: str) -> list[int]:
+    """Layer indices (default: all), each in range, or an error naming the model."""
+    n_layers = model.cfg.n_layers
+    chosen = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
+    bad = [layer for layer in chosen if not 0 <= layer < n_layers]
+    if bad:
+        raise IclMechError(
+            f"{what}: layer(s) {bad} out of range for {model.cfg.model_name} "
+            f"({n_layers} layers, 0..{n_layers - 1})"
+        )
+    return chosen
+
+
+def target_logits(
+    model,
+    batch: PromptBatch,
+    *items,
+    start_at_layer: int | None = None,
+    residual: Float[Tensor, "batch seq d_model"] | None = None,
+) -> Float[Tensor, "batch vocab"]:
+    """Logits at each row's target q, with ``items`` attached for the forward.
+
+    With ``start_at_layer`` the forward resumes from ``residual`` (the stream entering that
+    layer, e.g. captured at ``blocks.{L}.hook_resid_pre``); hooks before that layer do not run.
+    Stays in the autograd graph when gradients are enabled.
+    """
+    n_layers = model.cfg.n_layers
+    with attach(model, *items, batch=batch):
+        if start_at_layer is None:
+            stream = model(
+                batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=n_layers
+            )
+        else:
+            if residual is None or residual.shape[:2] != batch.tokens.shape:
+                shape = None if residual is None else tuple(residual.shape)
+                raise IclMechError(
+                    f"resuming at layer {start_at_layer} needs the residual stream of the batch "
+                    f"[{len(batch)}, {batch.seq_len}, d_model], got {shape}"
+                )
+            stream = model(
+                residual,
+                start_at_layer=start_at_layer,
+                attention_mask=batch.attention_mask,
+                stop_at_layer=n_layers,
+            )
+        at_target = stream[torch.arange(len(batch)), batch.targets.to(stream.device)]
+        return unembed(model, at_target)
+
+
+def unembed(model, residual: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch vocab"]:
+    """Final norm, unembedding and logit soft-cap, as the model's own forward applies them."""
+    x = residual[:, None, :]
+    if getattr(model.cfg, "normalization_type", None) is not None:
+        x = model.ln_final(x)
+    logits = model.unembed(x)[:, 0]
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits

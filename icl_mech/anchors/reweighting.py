@@ -1,0 +1,299 @@
+"""Anchor re-weighting (Wang et al. 2023, section 3.1).
+
+At the target row q of every attention pattern, after the softmax and without renormalising:
+``A(q, p_i) <- exp(beta[l, h, i]) * A(q, p_i)`` for the label words p_i of class i. beta starts
+at 0 and is trained with Adam on a few auxiliary examples per class; only beta gets gradients
+(``torch.autograd.grad``; parameters never get a ``.grad``). beta touches the row q alone, so the
+shared demonstrations run once (``compression.encode_shared``) and each step runs the queries.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_mech import __version__
+from icl_mech.anchors.compression import ContextCache, answer, encode_shared
+from icl_mech.anchors.readout import ANCHORS, Anchors, anchor_mask, check_anchors
+from icl_mech.errors import IclMechError
+from icl_mech.hooks import HookSpec, Intervention, points, register
+from icl_mech.prompts import ICLPrompt, PromptBatch, Task
+
+
+def anchor_columns(cache: ContextCache, anchors: Anchors = "all") -> Int[Tensor, "batch entry"]:
+    """Class index of each cached label-word entry (-1 elsewhere); ``"first"``: first tokens."""
+    check_anchors(anchors)
+    classes = cache.classes.clone()
+    if anchors == "first":
+        is_label = classes >= 0
+        follows_label = torch.cat([torch.zeros_like(is_label[:, :1]), is_label[:, :-1]], 1)
+        classes[follows_label] = -1
+    return classes
+
+
+def batch_columns(batch: PromptBatch, anchors: Anchors = "all") -> Int[Tensor, "batch seq"]:
+    """Class index of each label-word position of a PromptBatch (-1 elsewhere)."""
+    mask = anchor_mask(batch, anchors)
+    classes = torch.full_like(batch.tokens, -1)
+    for b, row in enumerate(batch.rows):
+        for d, tokens in enumerate(row.labels):
+            classes[b, tokens] = batch.demo_labels[b][d]
+    return torch.where(mask, classes, -1)
+
+
+@register("anchor-reweight")
+@dataclass(repr=False)
+class AnchorReweighting(Intervention):
+    """Scale the target row's attention to each class's label words by exp(beta[l, h, class]).
+
+    Positions: from the PromptBatch, or ``columns`` (class per key column, e.g.
+    ``anchor_columns(cache)`` when queries run against a ContextCache: later columns, the
+    query's own tokens, are never label words). The target q is the last row.
+    """
+
+    beta: Float[Tensor, "layer head n_classes"]
+    anchors: Anchors = "all"
+    columns: Int[Tensor, "batch key"] | None = None
+
+    def specs(self, model, batch):
+        expected = (model.cfg.n_layers, model.cfg.n_heads)
+        if self.beta.ndim != 3 or tuple(self.beta.shape[:2]) != expected:
+            raise IclMechError(
+                f"beta has shape {tuple(self.beta.shape)}; {model.cfg.model_name} needs "
+                f"[n_layers, n_heads, n_classes] = [{expected[0]}, {expected[1]}, n_classes]"
+            )
+        columns = self._columns(batch)
+        if int(columns.max()) >= self.beta.shape[2]:
+            raise IclMechError(
+                f"the prompts hold class {int(columns.max())} but beta covers "
+                f"{self.beta.shape[2]} classes"
+            )
+
+        def reweight(pattern: Float[Tensor, "batch head q key"], hook) -> Tensor:
+            cols = self._fit(columns, pattern, hook.name)
+            factor = self.beta[int(hook.name.split(".")[1])].exp().to(pattern.dtype)
+            per_key = factor[:, cols.clamp(min=0)].permute(1, 0, 2)  # [batch, head, key]
+            per_key = torch.where(cols[:, None, :] >= 0, per_key, torch.ones_like(per_key))
+            last = pattern[:, :, -1:, :] * per_key[:, :, None, :]
+            return torch.cat([pattern[:, :, :-1], last], dim=2)
+
+        return [HookSpec(name, reweight) for name in points(model, "attn.hook_pattern")]
+
+    def _columns(self, batch) -> Tensor:
+        if self.columns is not None:
+            if not bool((self.columns >= 0).any(1).all()):
+                raise IclMechError("anchor re-weighting: some rows have no label positions")
+            return self.columns
+        if batch is None:
+            raise IclMechError(
+                "anchor re-weighting needs label positions: attach(..., batch=batch) or "
+                "columns=anchor_columns(cache)"
+            )
+        if not bool((batch.targets == batch.seq_len - 1).all()):
+            raise IclMechError("anchor re-weighting expects the target q to be the last token")
+        return batch_columns(batch, self.anchors)
+
+    @staticmethod
+    def _fit(columns: Tensor, pattern: Tensor, point: str) -> Tensor:
+        n_batch, n_key = pattern.shape[0], pattern.shape[-1]
+        if columns.shape[1] > n_key or columns.shape[0] not in (1, n_batch):
+            raise IclMechError(
+                f"anchor columns of shape {tuple(columns.shape)} do not fit the pattern at "
+                f"{point!r} with [batch, key] = [{n_batch}, {n_key}]"
+            )
+        pad = torch.full((columns.shape[0], n_key - columns.shape[1]), -1, dtype=columns.dtype)
+        return torch.cat([columns, pad], 1).expand(n_batch, -1).to(pattern.device)
+
+
+@dataclass
+class TrainedBeta:
+    """beta with its provenance; ``intervention()`` re-weights, ``save``/``load`` persist it."""
+
+    beta: Float[Tensor, "layer head n_classes"]
+    model_name: str
+    task: str
+    classes: tuple[str, ...]
+    template: str = ""
+    anchors: Anchors = "all"
+    seed: int = 0
+    losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+    aux_loss: tuple[float, float] = (float("nan"), float("nan"))  # whole aux set: before, after
+    PROVENANCE = {"hook_points": "blocks.*.attn.hook_pattern", "positions": "row q, label words"}
+
+    def intervention(self, cache: ContextCache | None = None) -> AnchorReweighting:
+        columns = None if cache is None else anchor_columns(cache, self.anchors)
+        return AnchorReweighting(self.beta.detach(), self.anchors, columns)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        save_file({"beta": self.beta.detach().contiguous()}, str(path.with_suffix(".safetensors")))
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "beta"}
+        meta |= self.PROVENANCE | {"icl_mech_version": __version__}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path, model=None) -> TrainedBeta:
+        path = Path(path)
+        beta = load_file(str(path.with_suffix(".safetensors")))["beta"]
+        saved = json.loads(path.with_suffix(".json").read_text())
+        meta = {f.name: saved[f.name] for f in fields(cls) if f.name in saved}
+        if model is not None and tuple(beta.shape[:2]) != (model.cfg.n_layers, model.cfg.n_heads):
+            cfg = model.cfg
+            raise IclMechError(
+                f"beta of shape {tuple(beta.shape)} (trained on {meta['model_name']}) does not "
+                f"fit {cfg.model_name} ({cfg.n_layers} layers, {cfg.n_heads} heads)"
+            )
+        return cls(beta, **meta | {k: tuple(meta[k]) for k in ("classes", "aux_loss")})
+
+
+def train_beta(
+    model,
+    task: Task,
+    demonstrations: Sequence,
+    auxiliary: Sequence,
+    *,
+    lr: float = 0.01,
+    epochs: int = 10,
+    batch_size: int = 4,
+    anchors: Anchors = "all",
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainedBeta:
+    """Adam on beta (one per layer, head and class; start 0) over the auxiliary examples,
+    each asked after the same demonstrations; cross-entropy over the label words at q."""
+    if anchors not in ANCHORS or lr <= 0 or epochs < 0 or batch_size < 1:
+        raise IclMechError(
+            f"train_beta: anchors in {ANCHORS}, lr > 0, epochs >= 0, batch_size >= 1; "
+            f"got {anchors!r}, {lr}, {epochs}, {batch_size}"
+        )
+    prompts = [ICLPrompt.build(task, list(demonstrations), a) for a in auxiliary]
+    cache, queries, batch = encode_shared(model, prompts)
+    ids, gold = batch.class_token_ids, batch.gold
+    beta = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, len(ids), requires_grad=True)
+    optimizer = torch.optim.Adam([beta], lr=lr)
+    reweight = AnchorReweighting(beta, anchors, anchor_columns(cache, anchors))  # sees Adam's steps
+
+    def loss_of(index: Tensor) -> Tensor:
+        logits = answer(model, cache, queries.take(index), reweight)
+        return F.cross_entropy(logits[:, ids], gold[index])
+
+    everything = torch.arange(len(gold))
+    with torch.no_grad():
+        before = float(loss_of(everything))
+    generator, losses = torch.Generator().manual_seed(seed), []
+    for _ in tqdm(range(epochs), desc=f"beta {task.name}", disable=not progress, leave=False):
+        total = 0.0
+        for index in torch.randperm(len(gold), generator=generator).split(batch_size):
+            with torch.enable_grad():
+                loss = loss_of(index)
+                (beta.grad,) = torch.autograd.grad(loss, [beta])
+            optimizer.step()
+            total += float(loss.detach()) * len(index)
+        losses.append(total / len(gold))
+    with torch.no_grad():
+        after = float(loss_of(everything))
+    provenance = (model.cfg.model_name, task.name, task.classes, task.template, anchors, seed)
+    return TrainedBeta(beta.detach().clone(), *provenance, losses, (before, after))
+
+
+def auxiliary_loss(model, trained: TrainedBeta | None, task: Task, demonstrations, aux) -> float:
+    """Cross-entropy on the auxiliary set with beta (or without, ``trained=None``)."""
+    prompts = [ICLPrompt.build(task, list(demonstrations), a) for a in aux]
+    cache, queries, batch = encode_shared(model, prompts)
+    items = [] if trained is None else [trained.intervention(cache)]
+    with torch.no_grad():
+        logits = answer(model, cache, queries, *items)
+    return float(F.cross_entropy(logits[:, batch.class_token_ids], batch.gold))
+
+
+def split_for_reweighting(task: Task, n_test: int, aux_per_class: int, seed: int) -> tuple:
+    """(1 demonstration per class, ``aux_per_class`` auxiliary examples per class, test)."""
+    pool, test = task.split(n_test, seed)
+    demonstrations = pool.sample_demonstrations(1, rng := random.Random(seed))
+    rest = pool.with_examples([e for e in pool.examples if e not in demonstrations])
+    return demonstrations, rest.sample_demonstrations(aux_per_class, rng), list(test.examples)
+
+
+CONDITIONS = ("vanilla 1-shot", "vanilla 5-shot", "re-weighted 1-shot")
+
+
+def predict_classes(
+    model, task: Task, demonstrations, queries, *, trained=None, batch_size: int = 16
+) -> tuple[Tensor, Tensor]:
+    """(predicted, gold) class per query, all asked after the same demonstrations."""
+    prompts = [ICLPrompt.build(task, list(demonstrations), q) for q in queries]
+    cache, tokens, batch = encode_shared(model, prompts)
+    items = [] if trained is None else [trained.intervention(cache)]
+    predicted = []
+    with torch.no_grad():
+        for index in torch.arange(len(prompts)).split(batch_size):
+            logits = answer(model, cache, tokens.take(index), *items)
+            predicted.append(logits[:, batch.class_token_ids].argmax(-1))
+    return torch.cat(predicted), batch.gold
+
+
+@dataclass
+class ReweightingTable:
+    """Wang et al.'s Table 1: accuracy per task, seed and condition (``CONDITIONS``)."""
+
+    records: list[dict]
+    trained: list[TrainedBeta]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.records)
+
+    def table(self) -> pd.DataFrame:
+        """Accuracy (%) per task, averaged over seeds, with an average row."""
+        frame = self.to_frame().pivot_table("accuracy", "task", "condition", sort=False)
+        frame = frame[list(CONDITIONS)] * 100
+        frame.loc["average"] = frame.mean()
+        return frame.round(2)
+
+
+def reweighting_experiment(
+    model,
+    tasks: Sequence[Task],
+    n_test: int = 64,
+    seeds: Sequence[int] = (0,),
+    *,
+    aux_per_class: int = 4,
+    progress: bool = True,
+    **training,
+) -> ReweightingTable:
+    """Per task and seed: 1 demonstration and ``aux_per_class`` auxiliary examples per class.
+    Vanilla 1-shot asks the test queries after the demonstrations; vanilla 5-shot after the
+    demonstrations and the auxiliary examples (shuffled); re-weighted 1-shot after the
+    demonstrations with beta trained on the auxiliary examples (``training``: lr, epochs, ...).
+    """
+    records, trained_all = [], []
+    for task in tasks:
+        for seed in seeds:
+            demos, aux, test = split_for_reweighting(task, n_test, aux_per_class, seed)
+            trained = train_beta(model, task, demos, aux, seed=seed, progress=progress, **training)
+            five = demos + aux
+            random.Random(seed).shuffle(five)
+            runs = {
+                CONDITIONS[0]: predict_classes(model, task, demos, test),
+                CONDITIONS[1]: predict_classes(model, task, five, test),
+                CONDITIONS[2]: predict_classes(model, task, demos, test, trained=trained),
+            }
+            before, after = trained.aux_loss
+            records += [
+                dict(task=task.name, seed=seed, condition=condition, n=len(gold),
+                     accuracy=float((predicted == gold).float().mean()),
+                     aux_loss_before=before, aux_loss_after=after)
+                for condition, (predicted, gold) in runs.items()
+            ]  # fmt: skip
+            trained_all.append(trained)
+    return ReweightingTable(records, trained_all)
