@@ -19,6 +19,12 @@ def test_classification_tasks_are_large_and_balanced(name):
     assert len({e.x for e in task.examples}) == len(task.examples)
 
 
+def test_task_names_are_unique_and_all_load():
+    names = tasks.names()
+    assert len(names) == len(set(names))
+    assert all(tasks.load(name).name == name for name in names)
+
+
 def test_io_tasks():
     names = tasks.names("io")
     assert len(names) >= 12

@@ -70,7 +70,7 @@ def load(name: str) -> Task:
         rows = _read_jsonl(_data() / "classification" / f"{name}.jsonl")
         examples = tuple(Demonstration(r["text"], r["label"]) for r in rows)
         return Task(name, examples, template, classes)
-    if name.startswith("city_"):
+    if name in names("city"):
         return _city_task(name)
     if name in _io_names():
         rows = _read_jsonl(_data() / "io" / f"{name}.jsonl")
