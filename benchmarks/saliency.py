@@ -91,7 +91,8 @@ def main() -> None:
     singles = [PromptBatch.from_prompts(model, [p]) for p in prompts]
     print(
         f"model {model.cfg.model_name}, task {args.task}, batch {tuple(batch.tokens.shape)}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}, padding "
+        f"{1 - batch.attention_mask.float().mean():.0%} of the batch"
     )
 
     def forward():

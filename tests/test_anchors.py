@@ -416,6 +416,9 @@ def test_bad_input_raises_clear_errors(tiny_llama):
         isolation_loyalty(model, batch, k=1, top_k=0)
     with pytest.raises(IclMechError, match="fewer than"):
         random_word_mask(batch, n=10_000)
+    for bad in (Settings(anchors="middle"), Settings(k=9), Settings(span="max"), Settings(top_k=0)):
+        with pytest.raises(IclMechError):
+            analyse_prompts(model, task_prompts(load("sentiment"), 1, 0), bad)
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -424,3 +427,20 @@ def test_kinds_are_catalogued():
     assert "query-attention" in kinds()
     item = make("isolate-label-words", layers=[0], anchors="first")
     assert repr(item) == "IsolateLabelWords(layers=[0], anchors='first')"
+
+
+def test_reproduce_writes_every_figure_and_table(tiny_llama, tmp_path):
+    from icl_mech.anchors.reproduce import run
+
+    out = run(tiny_llama, tmp_path, quick=True, k=1, n=2, progress=False)
+    names = {p.rsplit("/", 1)[-1] for p in out["files"]}
+    expected = {"anchors_flows.png", "anchors_loyalty.png", "anchors_auc.png"}
+    assert expected <= names and "anchors_summary.md" in names
+    assert all((tmp_path / name).stat().st_size > 0 for name in names)
+    assert set(out["tasks"]) == {"sentiment", "topic"}
+    assert set(out["tasks"]["topic"]["loyalty"]) == {
+        "shallow_label",
+        "shallow_random",
+        "deep_label",
+        "deep_random",
+    }

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from icl_mech.errors import IclMechError
 from icl_mech.evaluation import batches, build_prompts
 from icl_mech.hooks import Capture, points
 from icl_mech.prompts import ICLPrompt, PromptBatch, Task
@@ -21,7 +22,7 @@ from .aucroc import AnchorAuc, QueryAttention, Span, class_scores
 from .flows import Flows, flows
 from .isolation import deep_layers
 from .loyalty import Loyalty, isolation_loyalty
-from .readout import Anchors
+from .readout import Anchors, check_anchors
 from .saliency import Target, saliency
 
 
@@ -62,6 +63,7 @@ class TaskAnalysis:
 
 def analyse_batch(model, batch: PromptBatch, settings: Settings):
     """(flows, loyalty, auc, correct) of one batch."""
+    check_settings(model, settings)
     deep = deep_layers(model, settings.k)
     attention = QueryAttention()
     capture = Capture(points(model, "hook_resid_pre", deep[:1])) if deep else None
@@ -84,6 +86,20 @@ def analyse_batch(model, batch: PromptBatch, settings: Settings):
     auc = AnchorAuc(scores, result.predicted.cpu(), sorted(attention.rows), task)
     correct = result.predicted.cpu() == batch.gold
     return flows(result, batch, settings.anchors), loyalty, auc, correct
+
+
+def check_settings(model, settings: Settings) -> None:
+    """Every choice is checked before the first forward pass."""
+    check_anchors(settings.anchors)
+    deep_layers(model, settings.k)
+    if settings.span not in ("sum", "mean"):
+        raise IclMechError(f"span must be 'sum' or 'mean', got {settings.span!r}")
+    if settings.target not in ("gold", "prediction"):
+        raise IclMechError(f"target must be 'gold' or 'prediction', got {settings.target!r}")
+    if not 1 <= settings.top_k <= model.cfg.d_vocab_out:
+        raise IclMechError(f"top_k must be between 1 and the vocabulary size, got {settings.top_k}")
+    if settings.batch_size < 1:
+        raise IclMechError(f"batch_size must be at least 1, got {settings.batch_size}")
 
 
 def analyse_prompts(
@@ -122,6 +138,7 @@ def analyse_task(
 ) -> TaskAnalysis:
     """Every seed draws its own split and demonstrations; results are pooled over seeds."""
     settings = settings or Settings()
+    check_settings(model, settings)
     parts = []
     for seed in seeds:
         prompts = task_prompts(task, n, seed, shots)

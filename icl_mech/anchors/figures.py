@@ -103,6 +103,7 @@ def auc_figure(results: Sequence[AnchorAuc]) -> Figure:
         twin.plot(result.layers, result.ratio().numpy(), color="C1", label="$R_l$")
         twin.set_ylabel("$R_l$", color="C1")
         if result.ratio().isnan().all():
+            twin.set_yticks([])
             twin.text(0.5, 0.9, "R undefined: Σ(AUC − 0.5) ≤ 0", transform=ax.transAxes,
                       ha="center", fontsize="small", color="C1")  # fmt: skip
         ax.set_title(f"{result.task} (n={len(result.predicted)})")

@@ -108,7 +108,8 @@ def unembed(model, residual: Float[Tensor, "batch d_model"]) -> Float[Tensor, "b
     x = residual[:, None, :]
     if getattr(model.cfg, "normalization_type", None) is not None:
         x = model.ln_final(x)
-    logits = model.unembed(x)[:, 0]
+    # x @ W_U directly: the unembed module copies the transposed [d_model, vocab] matrix per call
+    logits = x[:, 0] @ model.W_U + model.b_U
     cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
     if cap > 0:
         logits = cap * torch.tanh(logits / cap)

@@ -141,7 +141,7 @@ def write_tables(out_dir: pathlib.Path, analyses: list[TaskAnalysis]) -> list[pa
     for name, table in tables.items():
         paths.append(out_dir / f"{PREFIX}{name}.csv")
         table.to_csv(paths[-1], index=False)
-    summary = pd.DataFrame([{"task": a.task, **_flat(headline(a))} for a in analyses])
+    summary = [{"task": a.task, **_flat(headline(a))} for a in analyses]
     paths.append(out_dir / f"{PREFIX}summary.md")
     paths[-1].write_text(markdown_table(summary))
     return paths
@@ -157,10 +157,11 @@ def _flat(values: dict, prefix: str = "") -> dict:
     return out
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """Transposed (one column per task), which reads better with many metrics."""
-    lines = ["| metric | " + " | ".join(map(str, table["task"])) + " |"]
-    lines.append("|---" * (len(table) + 1) + "|")
-    for column in table.columns.drop("task"):
-        lines.append(f"| {column} | " + " | ".join(str(v) for v in table[column]) + " |")
+def markdown_table(rows: list[dict]) -> str:
+    """One column per task (rows of the input), one line per metric."""
+    lines = ["| metric | " + " | ".join(str(r["task"]) for r in rows) + " |"]
+    lines.append("|---" * (len(rows) + 1) + "|")
+    for key in rows[0]:
+        if key != "task":
+            lines.append(f"| {key} | " + " | ".join(str(r.get(key)) for r in rows) + " |")
     return "\n".join(lines) + "\n"
