@@ -15,7 +15,8 @@ from __future__ import annotations
 import random
 
 from icl_mech import load_model, tasks
-from icl_mech.anchors.app_reproduce import time_per_query, torch_threads
+from icl_mech.anchors.app_reproduce import time_per_query
+from icl_mech.models import torch_threads
 from icl_mech.prompts import Demonstration, ICLPrompt, PromptBatch
 
 # paper task -> (bundled task, L_demo, L_x, paper speed-up on GPT2-XL)

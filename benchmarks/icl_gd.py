@@ -12,7 +12,7 @@ import time
 import pandas as pd
 
 from icl_mech.gd.reproduce import FULL, kernelised_experiment, linear_experiment
-from icl_mech.gd.train import torch_threads
+from icl_mech.models import torch_threads
 
 LOSS_TOLERANCE = 0.01
 MIN_COSINE = 0.99

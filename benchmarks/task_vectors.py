@@ -16,9 +16,9 @@ import time
 import torch
 
 from icl_mech import PromptBatch, load_model, tasks
+from icl_mech.models import torch_threads
 from icl_mech.prompts import ICLPrompt
 from icl_mech.task_vectors import extract, naive_sweep_logits, sample_sets, sweep_logits
-from icl_mech.task_vectors.reproduce import torch_threads
 
 GOAL = 10.0
 

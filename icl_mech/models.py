@@ -14,6 +14,8 @@ import importlib.metadata
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -233,3 +235,18 @@ def _train_tiny_tokenizer():
         pad_token="<|endoftext|>",
         padding_side="left",
     )
+
+
+@contextmanager
+def torch_threads(n: int | None = 1) -> Iterator[None]:
+    """Run the block with ``n`` intra-op CPU threads (None: unchanged), restored afterwards.
+
+    On a CPU shared with other busy processes one thread per process is often several times
+    faster than two threads fighting for the cores."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -6,7 +6,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from icl_mech import HookSpec, IclMechError, PromptBatch, make, tasks, tiny_model
-from icl_mech.anchors.app_reproduce import random_keep, text_anchor, torch_threads
+from icl_mech.anchors.app_reproduce import random_keep, text_anchor
 from icl_mech.anchors.compression import (
     ContinuePositions,
     anchor_keep,
@@ -18,6 +18,7 @@ from icl_mech.anchors.compression import (
 from icl_mech.anchors.readout import target_logits
 from icl_mech.evaluation import build_prompts
 from icl_mech.hooks import points
+from icl_mech.models import torch_threads
 from icl_mech.prompts import ROLES, ICLPrompt
 
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from icl_mech import Capture, IclMechError, PromptBatch, tasks
-from icl_mech.anchors.app_reproduce import torch_threads
 from icl_mech.anchors.diagnosis import (
     actual_confusion,
     anchor_geometry,
@@ -15,6 +14,7 @@ from icl_mech.anchors.diagnosis import (
     predicted_confusion,
 )
 from icl_mech.anchors.readout import target_logits
+from icl_mech.models import torch_threads
 from icl_mech.prompts import ICLPrompt
 
 CLASSES = ("a", "b", "c", "d")

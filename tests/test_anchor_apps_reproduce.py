@@ -8,7 +8,6 @@ from icl_mech.anchors.app_reproduce import (
     compare_methods,
     one_demonstration_each,
     run,
-    torch_threads,
 )
 from icl_mech.anchors.compression import (
     ANCHOR_ROLES,
@@ -19,6 +18,7 @@ from icl_mech.anchors.compression import (
 )
 from icl_mech.anchors.readout import target_logits
 from icl_mech.evaluation import build_prompts
+from icl_mech.models import torch_threads
 
 TINY_RUN = dict(
     tasks=("sentiment",), n_test=4, seeds=1, epochs=1, n_draws=2, timing_queries=1, rounds=1,

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from icl_mech import HookSpec, IclMechError, PromptBatch, tasks, tiny_model
-from icl_mech.anchors.app_reproduce import torch_threads
 from icl_mech.anchors.compression import answer, encode_shared
 from icl_mech.anchors.readout import target_logits
 from icl_mech.anchors.reweighting import (
@@ -18,6 +17,7 @@ from icl_mech.anchors.reweighting import (
 )
 from icl_mech.evaluation import build_prompts
 from icl_mech.hooks import points
+from icl_mech.models import torch_threads
 from icl_mech.prompts import ICLPrompt
 
 TASK = tasks.load("sentiment")

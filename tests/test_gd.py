@@ -27,7 +27,7 @@ from icl_mech.gd import (
 from icl_mech.gd.construct import constructed_like
 from icl_mech.gd.data import make_generator
 from icl_mech.gd.reproduce import run
-from icl_mech.gd.train import torch_threads
+from icl_mech.models import torch_threads
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,8 @@ from icl_mech.icv import (
     last_token_states,
     steer,
 )
-from icl_mech.icv.texts import left_pad, torch_threads
+from icl_mech.icv.texts import left_pad
+from icl_mech.models import torch_threads
 
 PAIRS = tasks.load_pairs("negative_positive")[:6]
 PROMPTS = ["The food was", "Our hotel room", "The service at this place was slow and"]

@@ -11,7 +11,8 @@ from icl_mech import IclMechError, tasks
 from icl_mech.icv import paraphrase_prompt, text_metrics
 from icl_mech.icv.evaluate import StyleEvaluation, first_line, split_pairs, style_scores
 from icl_mech.icv.reproduce import _settings, markdown_table
-from icl_mech.icv.texts import left_pad, torch_threads
+from icl_mech.icv.texts import left_pad
+from icl_mech.models import torch_threads
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ import torch
 from matplotlib.figure import Figure
 
 from icl_mech import IclMechError, PromptBatch, attach, make, run, tasks, tiny_model
+from icl_mech.models import torch_threads
 from icl_mech.prompts import ICLPrompt
 from icl_mech.task_vectors import (
     AddToResidual,
@@ -26,7 +27,6 @@ from icl_mech.task_vectors import (
     sweep_logits,
 )
 from icl_mech.task_vectors.figures import accuracy_bars, conflict_bars, layer_curves
-from icl_mech.task_vectors.reproduce import torch_threads
 
 TOL = 1e-4
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from icl_mech import IclMechError, PromptBatch, tasks
+from icl_mech.models import torch_threads
 from icl_mech.prompts import ICLPrompt
 from icl_mech.task_vectors import (
     TaskVector,
@@ -13,7 +14,6 @@ from icl_mech.task_vectors import (
     sweep_logits,
 )
 from icl_mech.task_vectors.evaluate import Protocol, evaluate_task
-from icl_mech.task_vectors.reproduce import torch_threads
 
 pytestmark = pytest.mark.embedded
 

@@ -9,8 +9,7 @@ import pathlib
 import random
 import statistics
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -34,6 +33,7 @@ from icl_mech.anchors.loyalty import label_loyalty, top_k_jaccard
 from icl_mech.anchors.readout import target_logits
 from icl_mech.anchors.reweighting import ReweightingTable, reweighting_experiment
 from icl_mech.errors import IclMechError
+from icl_mech.models import torch_threads
 from icl_mech.prompts import ROLES, ICLPrompt, PromptBatch, Task
 
 PREFIX = "anchor_apps_"
@@ -189,17 +189,6 @@ def time_per_query(
         query_tokens=float(queries.attention_mask.sum(1).float().mean()),
         kept=float(compressed.kept[0]),
     )
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """One intra-op thread is much faster than two when other processes share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n or previous)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 TRAINING = ("epochs", "lr", "batch_size", "aux_per_class", "anchors")

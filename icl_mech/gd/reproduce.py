@@ -20,7 +20,8 @@ from icl_mech.gd.data import RegressionBatch, RegressionTasks, TeacherFeatures
 from icl_mech.gd.figures import alignment_over_training, interpolation_curve, training_curve
 from icl_mech.gd.metrics import Alignment, InterpolationCurve, Predictor, compare, interpolate
 from icl_mech.gd.model import LinearSelfAttentionModel, LSAConfig
-from icl_mech.gd.train import TrainConfig, TrainingRun, regression_loss, torch_threads, train
+from icl_mech.gd.train import TrainConfig, TrainingRun, regression_loss, train
+from icl_mech.models import torch_threads
 
 PREFIX = "icl_gd_"
 

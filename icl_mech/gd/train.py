@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -15,6 +14,7 @@ from tqdm.auto import tqdm
 from icl_mech.errors import IclMechError
 from icl_mech.gd.data import RegressionBatch, RegressionTasks
 from icl_mech.gd.model import LinearSelfAttentionModel
+from icl_mech.models import torch_threads
 
 Monitor = Callable[[LinearSelfAttentionModel], dict[str, float]]
 
@@ -56,20 +56,6 @@ class TrainingRun:
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.history)
-
-
-@contextmanager
-def torch_threads(n: int = 1) -> Iterator[None]:
-    """Run the block with `n` intra-op threads, restoring the previous setting afterwards.
-
-    The tensors here are tiny: with two threads, synchronisation dominates, and when another
-    process keeps a core busy a step becomes ~40x slower than with one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,8 @@ import pandas as pd
 from icl_mech.errors import IclMechError
 from icl_mech.icv.evaluate import StyleEvaluation, evaluate
 from icl_mech.icv.figures import examples_figure, layers_figure, sweep_figure
-from icl_mech.icv.texts import torch_threads
 from icl_mech.icv.worked import PARAPHRASE_EXAMPLE, SENTIMENT_PAIRS, worked_example
+from icl_mech.models import torch_threads
 
 PREFIX = "icv_"
 PAIR_SETS = ("negative_positive", "rude_polite")

@@ -8,7 +8,6 @@ In-context vectors work on free text (sentence pairs, generation prompts), not o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -81,18 +80,3 @@ def chunks(items: Sequence, size: int) -> list[Sequence]:
     if size < 1:
         raise IclMechError(f"batch_size must be at least 1, got {size}")
     return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Run with ``n`` intra-op threads (None: leave the setting alone), restored afterwards.
-
-    On a CPU shared with other busy processes, one thread per process is often several times
-    faster than two fighting for the cores."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
 from icl_mech import tasks as bundled
+from icl_mech.models import torch_threads
 from icl_mech.task_vectors.conflict import conflicting_tasks
 from icl_mech.task_vectors.evaluate import CONDITIONS, Protocol, evaluate
 from icl_mech.task_vectors.figures import accuracy_bars, conflict_bars, layer_curves
@@ -139,18 +138,6 @@ def markdown(frame: pd.DataFrame) -> str:
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows]) + "\n"
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` CPU threads, restoring the previous setting afterwards."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 __all__ = ["CONDITIONS", "FULL", "PAIRS", "QUICK", "run"]
