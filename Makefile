@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test lint demo reproduce benchmarks clean
+.PHONY: setup test lint demo figures notebooks benchmarks clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,18 @@ lint: setup
 test: setup lint
 	$(BIN)/python -m pytest -q --durations=15
 
+# quick runs write to runs/ (ignored by git); only `make figures` rewrites the committed full runs
 demo: setup
 	$(BIN)/icl-mech demo
+
+figures: setup
+	$(BIN)/icl-mech reproduce all --out figures
+
+# re-execute the committed notebooks in place (quick settings), keeping their outputs
+notebooks: setup
+	for nb in notebooks/*.ipynb; do \
+		ICL_MECH_QUICK=1 $(BIN)/jupyter-execute --inplace --timeout=1200 $$nb || exit 1; \
+	done
 
 benchmarks: setup
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done

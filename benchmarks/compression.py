@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 
 from icl_mech import load_model, tasks
-from icl_mech.anchors.app_reproduce import time_per_query
+from icl_mech.anchors.compression_experiment import time_per_query
 from icl_mech.models import torch_threads
 from icl_mech.prompts import Demonstration, ICLPrompt, PromptBatch
 

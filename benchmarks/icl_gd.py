@@ -11,7 +11,8 @@ import time
 
 import pandas as pd
 
-from icl_mech.gd.reproduce import FULL, kernelised_experiment, linear_experiment
+from icl_mech.gd.experiments import kernelised_experiment, linear_experiment
+from icl_mech.gd.reproduce import Settings
 from icl_mech.models import torch_threads
 
 LOSS_TOLERANCE = 0.01
@@ -32,11 +33,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    settings = Settings.full(seed=args.seed)
     start = time.perf_counter()
     with torch_threads(1):
-        linear = linear_experiment(FULL, args.seed, progress=False)
+        linear = linear_experiment(settings, progress=False)
         linear_seconds = time.perf_counter() - start
-        kernelised = kernelised_experiment(FULL, args.seed, progress=False)
+        kernelised = kernelised_experiment(settings, progress=False)
     total_seconds = time.perf_counter() - start
 
     a, k, curve = linear.alignment, kernelised.alignment, linear.interpolation

@@ -1,146 +1,207 @@
-"""Command line: ``icl-mech info``, ``icl-mech demo``, ``icl-mech reproduce NAME``."""
+"""Command line: ``icl-mech info | demo | reproduce NAME [--quick] [--set KEY=VALUE ...]``.
+
+Every option is checked (settings, output folder) before a model is loaded; bad input prints
+one line and exits with status 2. ``icl-mech reproduce NAME --help`` lists NAME's settings.
+Quick runs and the demo write under ``runs/`` (ignored by git); the committed ``figures/``
+is only written when asked for (``--out figures``, ``make figures``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
-# name -> (module with run(), whether run() takes a model)
-REPRODUCTIONS = {
-    "anchors": ("icl_mech.anchors.reproduce", True),
-    "anchor-applications": ("icl_mech.anchors.app_reproduce", True),
-    "task-vectors": ("icl_mech.task_vectors.reproduce", True),
-    "icv": ("icl_mech.icv.reproduce", True),
-    "icl-gd": ("icl_mech.gd.reproduce", False),
-}
+from icl_mech.errors import IclMechError
+
+NAMES = ("anchors", "anchor-applications", "task-vectors", "icv", "icl-gd")
 DEMO_TASKS = ("sentiment", "question_type", "topic", "emotion")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="icl-mech", description=__doc__)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
+    try:
+        return {"info": info, "demo": demo, "reproduce": reproduce}[args.command](args)
+    except IclMechError as error:
+        return _fail(str(error))
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        return _fail(f"{error.strerror or error}{where}")
+
+
+def _fail(message: str) -> int:
+    print(f"icl-mech: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icl-mech", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="versions, model cache and bundled tasks")
-    demo = commands.add_parser(
-        "demo", help="ICL accuracy on the embedded model + quick reproductions of every paper"
+    commands.add_parser("info", help="versions, model cache, bundled tasks and hook kinds")
+    demo_parser = commands.add_parser(
+        "demo", help="ICL accuracy on the model + quick reproductions of every paper"
     )
-    _common(demo)
-    demo.add_argument("--only-accuracy", action="store_true")
-    reproduce = commands.add_parser("reproduce", help="reproduce one paper's figures")
-    reproduce.add_argument("name", choices=[*REPRODUCTIONS, "all"])
-    _common(reproduce)
-    reproduce.add_argument("--quick", action="store_true", help="small, fast settings")
-    reproduce.add_argument("--tasks", nargs="+", help="task names (where the method takes them)")
-    reproduce.add_argument("--n", type=int, help="number of test examples per task")
-    args = parser.parse_args(argv)
-    return {"info": info, "demo": demo_command, "reproduce": reproduce_command}[args.command](args)
+    _common(demo_parser, default_out="runs/demo")
+    demo_parser.add_argument("--only-accuracy", action="store_true")
+    reproduce_parser = commands.add_parser("reproduce", help="reproduce one paper's figures")
+    methods = reproduce_parser.add_subparsers(dest="name", required=True, metavar="NAME")
+    asking_help = "-h" in argv or "--help" in argv
+    for name in (*NAMES, "all"):
+        method = methods.add_parser(
+            name,
+            help=_paper(name),
+            epilog=_settings_help(name) if asking_help else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _common(method, default_out=None)
+        method.add_argument("--quick", action="store_true", help="small, fast settings")
+        method.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="change one setting (repeatable); lists are comma-separated, pairs a:b",
+        )
+    return parser
 
 
-def _common(parser) -> None:
+def _common(parser, default_out: str | None) -> None:
     parser.add_argument(
-        "--model",
-        default=None,
-        help="local HF folder or TransformerLens name (default: the embedded SmolLM2-135M)",
+        "--model", default=None, help="local HF folder or TransformerLens name (default: embedded)"
     )
-    parser.add_argument("--out", type=Path, default=Path("figures"), help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None if default_out is None else Path(default_out),
+        help="output folder (default: runs/<name>; the committed full runs live in figures/)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of every reproduction")
+
+
+def _paper(name: str) -> str:
+    from icl_mech.runner import REPRODUCTIONS
+
+    return REPRODUCTIONS[name].paper if name in REPRODUCTIONS else "every reproduction"
+
+
+def _settings_help(name: str) -> str:
+    from icl_mech.runner import REPRODUCTIONS
+
+    if name == "all":
+        return "--set KEY=VALUE applies to every reproduction that has KEY."
+    cls = REPRODUCTIONS[name].settings_class()
+    full, quick = cls.full(), cls.quick()
+    lines = [(cls.__doc__ or "").strip(), "", "settings (full run; --quick):"]
+    for key in cls.keys():
+        value, short = getattr(full, key), getattr(quick, key)
+        shown = _show(value) + ("" if value == short else f"  (quick: {_show(short)})")
+        lines.append(f"  {key:20s} {shown}")
+    return "\n".join(lines)
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(":".join(v) if isinstance(v, tuple) else str(v) for v in value)
+    return str(value)
 
 
 def info(args) -> int:
     from importlib.metadata import version
 
-    from icl_mech import models, tasks
-    from icl_mech.hooks import kinds
+    from icl_mech import __version__, kinds, models, tasks
 
-    print(f"icl_mech {version('icl_mech')}  python {platform.python_version()}")
+    print(f"icl_mech {__version__}  python {platform.python_version()}")
     for package in ("torch", "transformer-lens", "transformers"):
         print(f"  {package:17s} {version(package)}")
     print(f"model cache: {models.cache_dir()}")
     print(f"hook kinds: {', '.join(kinds())}")
     for kind in ("classification", "io", "city"):
         print(f"{kind} tasks: {', '.join(tasks.names(kind))}")
+    print(f"reproductions: {', '.join(NAMES)}")
     return 0
 
 
-def demo_command(args) -> int:
-    from icl_mech import load_model, plotting, tasks
-    from icl_mech.evaluation import icl_accuracy
+def reproduce(args) -> int:
+    names = list(NAMES) if args.name == "all" else [args.name]
+    plans = _plans(names, args.overrides, args.quick, args.seed)
+    outs = {name: args.out or Path("runs") / name for name in names}
+    from icl_mech.runner import REPRODUCTIONS, writable_folder
 
-    model = load_model(args.model)
+    for out in outs.values():
+        writable_folder(out)
+    model = _model(args.model) if any(REPRODUCTIONS[n].needs_model for n in names) else None
+    return _run(plans, model, outs)
+
+
+def _plans(names, overrides: list[str], quick: bool, seed: int | None) -> dict:
+    """Settings per reproduction, every override parsed and checked before any model work."""
+    from icl_mech.runner import REPRODUCTIONS
+
+    pairs = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise IclMechError(f"--set expects KEY=VALUE, got {item!r}")
+        pairs.append((key.strip(), text))
+    classes = {name: REPRODUCTIONS[name].settings_class() for name in names}
+    for key, _ in pairs:
+        if not any(key in cls.keys() for cls in classes.values()):
+            valid = sorted({k for cls in classes.values() for k in cls.keys()})
+            raise IclMechError(
+                f"unknown setting {key!r} for {'/'.join(names)}; valid: {', '.join(valid)}"
+            )
+    plans = {}
+    for name, cls in classes.items():
+        values = {k: cls.parse(k, text) for k, text in pairs if k in cls.keys()}
+        if seed is not None:
+            values["seed"] = seed
+        plans[name] = cls.quick(**values) if quick else cls.full(**values)
+    return plans
+
+
+def _model(name: str | None):
+    from icl_mech import load_model
+
+    print(f"loading {name or 'the embedded model'} ...", flush=True)
+    return load_model(name)
+
+
+def _run(plans: dict, model, outs: dict) -> int:
+    from icl_mech.runner import reproduce as run_one
+
+    for name, settings in plans.items():
+        print(f"== {name} ==", flush=True)
+        report = run_one(name, model, settings, out=outs[name])
+        print(report.summary(), flush=True)
+        files = f"{len(report.tables)} tables and {len(report.figures)} figures"
+        print(f"wrote {files} to {outs[name]}", flush=True)
+    return 0
+
+
+def demo(args) -> int:
+    from icl_mech import plotting, tasks
+    from icl_mech.evaluation import icl_accuracy
+    from icl_mech.runner import writable_folder
+
+    out = writable_folder(args.out)
+    seed = 0 if args.seed is None else args.seed
+    plans = {} if args.only_accuracy else _plans(list(NAMES), [], True, seed)
+    model = _model(args.model)
     results = []
-    print(f"{'task':15s} {'0-shot':>7s} {'1-shot/class':>13s}")
+    print(f"{'task':15s} {'0-shot':>7s} {'1-shot/class':>13s}  (64 held-out queries)")
     for name in DEMO_TASKS:
         zero, few = (
-            icl_accuracy(model, tasks.load(name), shots=s, n_queries=64, seed=args.seed)
-            for s in (0, 1)
+            icl_accuracy(model, tasks.load(name), shots=s, n_queries=64, seed=seed) for s in (0, 1)
         )
         results += [zero, few]
-        print(f"{name:15s} {zero.accuracy:7.3f} {few.accuracy:13.3f}")
-    path = plotting.save(
-        plotting.accuracy_figure(results, model.cfg.model_name), args.out, "icl_accuracy"
-    )
-    print(f"wrote {path}")
-    if args.only_accuracy:
-        return 0
-    return _reproduce(available(), model, args.model, args.out, quick=True, seed=args.seed)
-
-
-def available() -> list[str]:
-    """Reproductions whose module is present in this installation."""
-    found = []
-    for name, (module, _) in REPRODUCTIONS.items():
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name and module.startswith(error.name):
-                continue
-            raise
-        found.append(name)
-    return found
-
-
-def reproduce_command(args) -> int:
-    names = available() if args.name == "all" else [args.name]
-    options = {k: v for k, v in (("tasks", args.tasks), ("n", args.n)) if v is not None}
-    model = None
-    if any(REPRODUCTIONS[n][1] for n in names):
-        from icl_mech import load_model
-
-        model = load_model(args.model)
-    return _reproduce(names, model, args.model, args.out, args.quick, args.seed, **options)
-
-
-def _reproduce(names, model, model_name, out: Path, quick: bool, seed: int, **options) -> int:
-    summary = {}
-    for name in names:
-        module, needs_model = REPRODUCTIONS[name]
-        run = importlib.import_module(module).run
-        start = time.perf_counter()
-        print(f"== {name} ({'quick' if quick else 'full'}) ==", flush=True)
-        kwargs = dict(out_dir=out, quick=quick, seed=seed, **options)
-        result = run(model, **kwargs) if needs_model else run(**kwargs)
-        summary[name] = {"seconds": round(time.perf_counter() - start, 1), **_jsonable(result)}
-        print(json.dumps(summary[name], indent=1, default=str), flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"summary{'_quick' if quick else ''}.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}
-    path.write_text(json.dumps({**previous, **summary}, indent=1, default=str))
-    return 0
-
-
-def _jsonable(result) -> dict:
-    if not isinstance(result, dict):
-        return {"result": str(result)}
-    return {
-        k: v
-        for k, v in result.items()
-        if isinstance(v, (int, float, str, bool, list, dict, type(None)))
-    }
+        print(f"{name:15s} {zero.accuracy:7.3f} {few.accuracy:13.3f}", flush=True)
+    figure = plotting.accuracy_figure(results, model.cfg.model_name)
+    print(f"wrote {plotting.save_figure(figure, out, 'icl_accuracy')}")
+    return _run(plans, model, {name: out for name in plans})
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from icl_mech import validate
+from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import run
 from icl_mech.prompts import ICLPrompt, PromptBatch, Task
@@ -18,6 +19,7 @@ from icl_mech.prompts import ICLPrompt, PromptBatch, Task
 def build_prompts(task: Task, shots: int, queries: Sequence, seed: int = 0) -> list[ICLPrompt]:
     """One prompt per query; ``shots`` demonstrations per class (or in all, for io tasks),
     drawn from the task's examples other than the query. ``shots=0`` gives zero-shot prompts."""
+    shots = validate.count(shots, "shots", minimum=0)
     rng = random.Random(seed)
     if shots == 0:
         return [ICLPrompt.zero_shot(task, q) for q in queries]
@@ -29,13 +31,9 @@ def build_prompts(task: Task, shots: int, queries: Sequence, seed: int = 0) -> l
 def batches(
     model, prompts: Sequence[ICLPrompt], batch_size: int = 16, progress: bool | str = False
 ) -> Iterator[PromptBatch]:
-    if batch_size < 1:
-        raise IclMechError(f"batch_size must be at least 1, got {batch_size}")
-    starts = range(0, len(prompts), batch_size)
-    if progress:
-        starts = tqdm(starts, desc=progress if isinstance(progress, str) else None, leave=False)
-    for start in starts:
-        yield PromptBatch.from_prompts(model, prompts[start : start + batch_size])
+    """Consecutive PromptBatches in input order (``icl_mech.batching.batched``)."""
+    for _, batch in batched(model, prompts, batch_size, progress=progress):
+        yield batch
 
 
 def answer_token_ids(model, prompts: Sequence[ICLPrompt]) -> torch.Tensor:
@@ -100,6 +98,9 @@ def icl_accuracy(
 
     The test queries are a seeded, class-balanced split; demonstrations come from the rest.
     """
+    shots = validate.count(shots, "icl_accuracy shots", minimum=0)
+    n_queries = validate.count(n_queries, "icl_accuracy n_queries", maximum=len(task.examples))
+    validate.count(batch_size, "icl_accuracy batch_size")
     pool, test = task.split(n_queries, seed)
     prompts = build_prompts(pool, shots, test.examples, seed)
     if task.is_classification:

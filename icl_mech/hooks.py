@@ -10,23 +10,32 @@ later item sees the activation as the earlier items left it; on different hook p
 model's own order decides. So ``attach(model, steer, capture)`` captures the steered values.
 
 The catalogue names kinds so an experiment can be written as data: ``make("patch", ...)``.
-Register your own with ``@register("my-kind")``.
+Register your own with ``@register("my-kind")``. The method packages register their kinds when
+imported; ``kinds()`` and ``make()`` import them on first use, so ``import icl_mech`` suffices.
+
+Checks before the forward: every spec (point name, function, direction), every item's values
+and positions against the model and the batch (see :mod:`icl_mech.interventions`), and the
+batch against the model (:func:`icl_mech.validate.batch`: a batch tokenised for another model
+is refused).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
+import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import ClassVar, Literal
 
-import torch
 from torch import Tensor
 
+from icl_mech import validate
 from icl_mech.errors import IclMechError
-from icl_mech.positions import Positions, resolve
 from icl_mech.prompts import PromptBatch
 
 Direction = Literal["fwd", "bwd"]
@@ -37,6 +46,19 @@ class HookSpec:
     point: str | Callable[[str], bool]  # a hook point name, or a filter on names
     fn: Callable  # fn(activation, hook) -> new activation or None
     direction: Direction = "fwd"
+
+    def __post_init__(self):
+        if not ((isinstance(self.point, str) and self.point) or callable(self.point)):
+            raise IclMechError(
+                f"HookSpec(point={self.point!r}, ...): point must be a hook point name such as "
+                "'blocks.0.hook_resid_post', or a filter function name -> bool"
+            )
+        if not callable(self.fn):
+            raise IclMechError(
+                f"HookSpec({self.point!r}, fn={self.fn!r}): fn must be a function "
+                "(activation, hook) -> new activation or None"
+            )
+        validate.choice(self.direction, "HookSpec direction", ("fwd", "bwd"))
 
 
 class Hooked(ABC):
@@ -63,6 +85,35 @@ class Probe(Hooked):
 
 
 CATALOGUE: dict[str, type[Hooked]] = {}
+# packages whose modules register kinds; imported by kinds() / make(), never at import time
+# (they import this module)
+METHOD_PACKAGES = (
+    "icl_mech.anchors",
+    "icl_mech.task_vectors",
+    "icl_mech.icv",
+    "icl_mech.function_vectors",
+    "icl_mech.gd",
+)
+_registering: list[str] | None = None  # modules of METHOD_PACKAGES holding a @register line
+
+
+def load_method_kinds() -> None:
+    """Import every module of the method packages that registers a kind (found once by a scan
+    of their source for ``@register(``, so figure and reproduce modules stay unimported)."""
+    global _registering
+    if _registering is None:
+        found = []
+        for package in METHOD_PACKAGES:
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                continue
+            for info in pkgutil.iter_modules(spec.submodule_search_locations):
+                source = Path(info.module_finder.path) / f"{info.name}.py"
+                if source.is_file() and "@register(" in source.read_text(encoding="utf-8"):
+                    found.append(f"{package}.{info.name}")
+        _registering = found
+    for module in _registering:
+        importlib.import_module(module)
 
 
 def register(kind: str):
@@ -88,18 +139,28 @@ def _origin(cls: type) -> tuple[str, str]:
 def make(kind: str, **params) -> Hooked:
     """Build a catalogued kind from data, e.g. ``make("add", point=..., vector=...)``."""
     if kind not in CATALOGUE:
-        raise IclMechError(f"unknown kind {kind!r}; registered kinds: {sorted(CATALOGUE)}")
+        load_method_kinds()
+    if kind not in CATALOGUE:
+        close = difflib.get_close_matches(str(kind), list(CATALOGUE), n=3)
+        hint = f"; did you mean {close}?" if close else ""
+        raise IclMechError(f"unknown kind {kind!r}; registered kinds: {sorted(CATALOGUE)}{hint}")
     return CATALOGUE[kind](**params)
 
 
 def kinds() -> dict[str, str]:
     """Registered kinds with the first line of their description."""
+    load_method_kinds()
     return {k: (cls.__doc__ or "").strip().splitlines()[0] for k, cls in sorted(CATALOGUE.items())}
 
 
 @contextmanager
 def attach(model, *items: Hooked | HookSpec, batch: PromptBatch | None = None) -> Iterator:
-    """Attach the items' hooks for the duration of the block; yields the model."""
+    """Attach the items' hooks for the duration of the block; yields the model.
+
+    Everything is checked before the first hook is added: the batch against the model, then
+    every item's specs."""
+    if batch is not None:
+        validate.batch(model, batch)
     specs = collect_specs(model, items, batch)
     fwd = [(s.point, s.fn) for s in specs if s.direction == "fwd"]
     bwd = [(s.point, s.fn) for s in specs if s.direction == "bwd"]
@@ -125,8 +186,8 @@ def collect_specs(model, items, batch) -> list[HookSpec]:
                 f"attach: {item!r} is neither an Intervention, a Probe nor a HookSpec"
             )
     for spec in specs:
-        if spec.direction not in ("fwd", "bwd"):
-            raise IclMechError(f"hook direction must be 'fwd' or 'bwd', got {spec.direction!r}")
+        if not isinstance(spec, HookSpec):
+            raise IclMechError(f"{spec!r} is not a HookSpec (from the specs of an item)")
         if isinstance(spec.point, str):
             check_point(model, spec.point)
     return specs
@@ -136,87 +197,19 @@ def check_point(model, name: str) -> None:
     if name not in model.hook_dict:
         close = difflib.get_close_matches(name, list(model.hook_dict), n=3)
         hint = f"; did you mean {close}?" if close else ""
-        raise IclMechError(f"unknown hook point {name!r} on {_model_name(model)}{hint}")
+        raise IclMechError(f"unknown hook point {name!r} on {model_name(model)}{hint}")
 
 
 def points(model, suffix: str, layers: Iterable[int] | None = None) -> list[str]:
     """Hook point names ``blocks.{l}.{suffix}`` for the given layers (default: all)."""
-    layers = range(model.cfg.n_layers) if layers is None else list(layers)
-    names = []
-    for layer in layers:
-        if not 0 <= layer < model.cfg.n_layers:
-            raise IclMechError(
-                f"layer {layer} out of range for {_model_name(model)} ({model.cfg.n_layers} layers)"
-            )
-        names.append(f"blocks.{layer}.{suffix}")
-        check_point(model, names[-1])
+    chosen = validate.layers(model, layers, allow_empty=True)
+    names = [f"blocks.{layer}.{suffix}" for layer in chosen]
+    for name in names:
+        check_point(model, name)
     return names
 
 
-def position_dim(point: str) -> int:
-    """Which dimension of this hook point's activation indexes (query) positions."""
-    return 2 if point.endswith(("hook_pattern", "hook_attn_scores")) else 1
-
-
-def width(model, point: str) -> int | None:
-    """Size of the last dimension at a hook point, where it is known from the config."""
-    d_model = (
-        "hook_resid_pre",
-        "hook_resid_mid",
-        "hook_resid_post",
-        "hook_attn_out",
-        "hook_mlp_out",
-        "hook_embed",
-        "hook_pos_embed",
-    )
-    if point.endswith(d_model):
-        return model.cfg.d_model
-    if point.endswith(("mlp.hook_pre", "mlp.hook_post")):
-        return model.cfg.d_mlp
-    if point.endswith(("hook_q", "hook_k", "hook_v", "hook_z")):
-        return model.cfg.d_head
-    return None
-
-
-def position_mask(
-    point: str, activation: Tensor, positions: Positions, batch: PromptBatch | None
-) -> Tensor:
-    """The positions selector as a mask broadcastable against the activation."""
-    dim = position_dim(point)
-    mask = resolve(positions, activation.shape[0], activation.shape[dim], batch)
-    shape = [activation.shape[0]] + [1] * (activation.ndim - 1)
-    shape[dim] = activation.shape[dim]
-    return mask.to(activation.device).view(shape)
-
-
-def broadcast_value(value: Tensor, activation: Tensor, point: str) -> Tensor:
-    """Expand a value of shape [*trailing], [batch, *trailing] or the activation's own shape."""
-    value = value.to(activation.device, activation.dtype)
-    trailing = activation.shape[position_dim(point) + 1 :]
-    if value.shape == activation.shape:
-        return value
-    if value.shape == trailing:
-        return value.expand_as(activation)
-    if value.shape == (activation.shape[0], *trailing):
-        view = [activation.shape[0]] + [1] * (activation.ndim - 1 - len(trailing)) + list(trailing)
-        return value.view(view).expand_as(activation)
-    raise IclMechError(
-        f"value of shape {tuple(value.shape)} does not fit hook point {point!r} "
-        f"with activation {tuple(activation.shape)}: expected {tuple(trailing)}, "
-        f"[batch, *{tuple(trailing)}] or the full shape"
-    )
-
-
-def check_width(model, point: str, value: Tensor, what: str) -> None:
-    expected = width(model, point)
-    if expected is not None and value.shape[-1] != expected:
-        raise IclMechError(
-            f"{what} has width {value.shape[-1]} but {point!r} of "
-            f"{_model_name(model)} has width {expected}"
-        )
-
-
-def _model_name(model) -> str:
+def model_name(model) -> str:
     cfg = getattr(model, "cfg", None)
     return getattr(cfg, "model_name", type(model).__name__)
 
@@ -229,120 +222,41 @@ def _short(value) -> str:
     return repr(value)
 
 
-@register("capture")
-@dataclass(repr=False)
-class Capture(Probe):
-    """Record activations at hook points into ``activations[name]`` (detached).
+# the built-in kinds live in their own module; imported last, as it builds on the names above
+from icl_mech.interventions import (  # noqa: E402
+    Ablate,
+    AddVector,
+    Capture,
+    Patch,
+    broadcast_value,
+    check_width,
+    position_dim,
+    position_mask,
+    width,
+)
 
-    ``positions="all"`` keeps ``[batch, seq, ...]``; a selector choosing one position per row
-    (``"last"``, ``"target"``, an int, a ``[batch]`` tensor) keeps ``[batch, ...]``.
-    """
-
-    points: str | list[str] | Callable[[str], bool]
-    positions: Positions = "all"
-    activations: dict[str, Tensor] = field(default_factory=dict, init=False)
-
-    def specs(self, model, batch):
-        def record(activation, hook):
-            if isinstance(self.positions, str) and self.positions == "all":
-                self.activations[hook.name] = activation.detach().clone()
-                return None
-            mask = resolve(
-                self.positions,
-                activation.shape[0],
-                activation.shape[position_dim(hook.name)],
-                batch,
-            )
-            if not bool((mask.sum(dim=1) == 1).all()):
-                raise IclMechError(
-                    f"Capture at {hook.name!r}: positions={self.positions!r} "
-                    "selects several positions in a row; use positions='all'"
-                )
-            index = mask.float().argmax(dim=1).to(activation.device)
-            picked = activation.movedim(position_dim(hook.name), 1)
-            self.activations[hook.name] = picked[torch.arange(len(index)), index].detach().clone()
-            return None
-
-        names = (
-            [self.points]
-            if isinstance(self.points, str) or callable(self.points)
-            else list(self.points)
-        )
-        return [HookSpec(name, record) for name in names]
-
-
-@register("patch")
-@dataclass(repr=False)
-class Patch(Intervention):
-    """Overwrite the activation at ``positions`` with ``value``."""
-
-    point: str
-    value: Tensor
-    positions: Positions = "last"
-
-    def specs(self, model, batch):
-        check_width(model, self.point, self.value, "patch value")
-
-        def overwrite(activation, hook):
-            mask = position_mask(hook.name, activation, self.positions, batch)
-            return torch.where(mask, broadcast_value(self.value, activation, hook.name), activation)
-
-        return [HookSpec(self.point, overwrite)]
-
-
-@register("add")
-@dataclass(repr=False)
-class AddVector(Intervention):
-    """Add ``scale * vector`` to the activation at ``positions``."""
-
-    point: str
-    vector: Tensor
-    positions: Positions = "all"
-    scale: float = 1.0
-
-    def specs(self, model, batch):
-        check_width(model, self.point, self.vector, "vector")
-
-        def add(activation, hook):
-            mask = position_mask(hook.name, activation, self.positions, batch)
-            delta = broadcast_value(self.vector, activation, hook.name) * self.scale
-            return activation + mask * delta
-
-        return [HookSpec(self.point, add)]
-
-
-@register("ablate")
-@dataclass(repr=False)
-class Ablate(Intervention):
-    """Zero- or mean-ablate the activation at ``positions``.
-
-    ``mode="mean"`` replaces with ``mean`` if given, else with the mean over the batch's
-    selected positions in this very run.
-    """
-
-    point: str
-    positions: Positions = "all"
-    mode: Literal["zero", "mean"] = "zero"
-    mean: Tensor | None = None
-
-    def specs(self, model, batch):
-        if self.mode not in ("zero", "mean"):
-            raise IclMechError(f"Ablate mode must be 'zero' or 'mean', got {self.mode!r}")
-        if self.mean is not None:
-            check_width(model, self.point, self.mean, "mean")
-
-        def ablate(activation, hook):
-            mask = position_mask(hook.name, activation, self.positions, batch)
-            if self.mode == "zero":
-                return activation.masked_fill(mask, 0.0)
-            return torch.where(mask, self._mean_of(activation, mask, hook.name), activation)
-
-        return [HookSpec(self.point, ablate)]
-
-    def _mean_of(self, activation, mask, point):
-        if self.mean is not None:
-            return broadcast_value(self.mean, activation, point)
-        weights = mask.expand_as(activation).to(activation.dtype)
-        dims = (0, position_dim(point))
-        mean = (activation * weights).sum(dims, keepdim=True) / weights.sum(dims, keepdim=True)
-        return mean.expand_as(activation)
+__all__ = [
+    "CATALOGUE",
+    "Ablate",
+    "AddVector",
+    "Capture",
+    "Direction",
+    "HookSpec",
+    "Hooked",
+    "Intervention",
+    "Patch",
+    "Probe",
+    "attach",
+    "broadcast_value",
+    "check_point",
+    "check_width",
+    "collect_specs",
+    "kinds",
+    "make",
+    "points",
+    "position_dim",
+    "position_mask",
+    "register",
+    "run",
+    "width",
+]

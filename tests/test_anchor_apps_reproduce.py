@@ -4,11 +4,6 @@ import pytest
 import torch
 
 from icl_mech import IclMechError, PromptBatch, tasks
-from icl_mech.anchors.app_reproduce import (
-    compare_methods,
-    one_demonstration_each,
-    run,
-)
 from icl_mech.anchors.compression import (
     ANCHOR_ROLES,
     anchor_keep,
@@ -16,13 +11,15 @@ from icl_mech.anchors.compression import (
     encode_context,
     split_prompts,
 )
+from icl_mech.anchors.compression_experiment import compare_methods, one_demonstration_each
 from icl_mech.anchors.readout import target_logits
 from icl_mech.evaluation import build_prompts
 from icl_mech.models import torch_threads
+from icl_mech.runner import reproduce
 
 TINY_RUN = dict(
-    tasks=("sentiment",), n_test=4, seeds=1, epochs=1, n_draws=2, timing_queries=1, rounds=1,
-    diagnosis_tasks=("topic",), diagnosis_queries=8, scan=True, progress=False,
+    tasks=("sentiment",), n_test=4, n_seeds=1, epochs=1, n_draws=2, timing_queries=1, rounds=1,
+    diagnosis_tasks=("topic",), diagnosis_queries=8, scan=True,
 )  # fmt: skip
 
 
@@ -33,21 +30,24 @@ def _one_thread():
 
 
 def test_run_writes_tables_and_figures(tiny_llama, tmp_path):
-    results = run(tiny_llama, tmp_path, quick=True, **TINY_RUN)
+    report = reproduce("anchor-applications", tiny_llama, quick=True, out=tmp_path,
+                       progress=False, **TINY_RUN)  # fmt: skip
     for name in ("table1_reweighting", "table2_compression", "table3_speedup", "diagnosis"):
         assert (tmp_path / f"anchor_apps_{name}.csv").exists()
         assert (tmp_path / f"anchor_apps_{name}.md").read_text().startswith("|")
     for name in ("reweighting", "compression", "speedup", "diagnosis"):
         assert (tmp_path / f"anchor_apps_{name}.png").stat().st_size > 10_000
-    assert results["table2_ICL_label_loyalty"] == 100.0
-    assert results["table2_ICL_word_loyalty"] == 100.0
-    assert results["table3_speedup_sentiment"] > 0
-    assert "diagnosis_topic_correlation" in results
+    assert report.headline["table2"]["ICL"]["label_loyalty"] == 100.0
+    assert report.headline["table2"]["ICL"]["word_loyalty"] == 100.0
+    assert report.headline["table3 speed-up"]["sentiment"] > 0
+    assert "diagnosis topic" in report.headline
 
 
 def test_run_rejects_unknown_options(tiny_llama, tmp_path):
-    with pytest.raises(IclMechError, match="unknown options"):
-        run(tiny_llama, tmp_path, quick=True, n_tests=3)
+    with pytest.raises(IclMechError, match="unknown setting"):
+        reproduce("anchor-applications", tiny_llama, quick=True, n_tests=3)
+    with pytest.raises(IclMechError, match="n_test"):
+        reproduce("anchor-applications", tiny_llama, quick=True, n_test=-3)
 
 
 @pytest.mark.embedded

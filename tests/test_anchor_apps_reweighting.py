@@ -11,10 +11,9 @@ from icl_mech.anchors.reweighting import (
     TrainedBeta,
     anchor_columns,
     auxiliary_loss,
-    predict_classes,
-    split_for_reweighting,
     train_beta,
 )
+from icl_mech.anchors.reweighting_experiment import predict_classes, split_for_reweighting
 from icl_mech.evaluation import build_prompts
 from icl_mech.hooks import points
 from icl_mech.models import torch_threads

@@ -26,7 +26,7 @@ from icl_mech.anchors import (
     target_logits,
     top_k_jaccard,
 )
-from icl_mech.anchors.experiment import Settings, analyse_prompts, task_prompts
+from icl_mech.anchors.experiment import AnalysisSettings, analyse_prompts, task_prompts
 from icl_mech.hooks import points
 from icl_mech.models import tiny_model
 from icl_mech.prompts import ICLPrompt, PromptBatch
@@ -366,7 +366,7 @@ def test_anchor_auc_batched_equals_unbatched(tiny):
 
 def test_analyse_prompts_keeps_prompt_order(tiny_llama):
     prompts = task_prompts(load("topic"), 4, 0)
-    settings = Settings(k=1, batch_size=3)
+    settings = AnalysisSettings(k=1, batch_size=3)
     analysis = analyse_prompts(tiny_llama, prompts, settings)
     for i in (0, 3):
         alone = analyse_prompts(tiny_llama, prompts[i : i + 1], settings)
@@ -416,9 +416,11 @@ def test_bad_input_raises_clear_errors(tiny_llama):
         isolation_loyalty(model, batch, k=1, top_k=0)
     with pytest.raises(IclMechError, match="fewer than"):
         random_word_mask(batch, n=10_000)
-    for bad in (Settings(anchors="middle"), Settings(k=9), Settings(span="max"), Settings(top_k=0)):
+    for bad in (dict(anchors="middle"), dict(span="max"), dict(top_k=0), dict(tasks=("nope",))):
         with pytest.raises(IclMechError):
-            analyse_prompts(model, task_prompts(load("sentiment"), 1, 0), bad)
+            AnalysisSettings(**bad)
+    with pytest.raises(IclMechError, match="k=9"):
+        analyse_prompts(model, task_prompts(load("sentiment"), 1, 0), AnalysisSettings(k=9))
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -430,15 +432,16 @@ def test_kinds_are_catalogued():
 
 
 def test_reproduce_writes_every_figure_and_table(tiny_llama, tmp_path):
-    from icl_mech.anchors.reproduce import run
+    from icl_mech.runner import reproduce
 
-    out = run(tiny_llama, tmp_path, quick=True, k=1, n=2, progress=False)
-    names = {p.rsplit("/", 1)[-1] for p in out["files"]}
+    report = reproduce("anchors", tiny_llama, quick=True, k=1, n_test=2, out=tmp_path,
+                       progress=False)  # fmt: skip
+    names = {p.name for p in tmp_path.iterdir()}
     expected = {"anchors_flows.png", "anchors_loyalty.png", "anchors_auc.png"}
-    assert expected <= names and "anchors_summary.md" in names
+    assert expected <= names and {"anchors_summary.md", "anchors_report.json"} <= names
     assert all((tmp_path / name).stat().st_size > 0 for name in names)
-    assert set(out["tasks"]) == {"sentiment", "topic"}
-    assert set(out["tasks"]["topic"]["loyalty"]) == {
+    assert set(report.headline) == {"sentiment", "topic"}
+    assert set(report.headline["topic"]["loyalty"]) == {
         "shallow_label",
         "shallow_random",
         "deep_label",

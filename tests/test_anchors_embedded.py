@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from icl_mech.anchors import flows, saliency, target_logits
-from icl_mech.anchors.experiment import Settings, analyse_prompts, task_prompts
+from icl_mech.anchors.experiment import AnalysisSettings, analyse_prompts, task_prompts
 from icl_mech.prompts import PromptBatch
 from icl_mech.tasks import load
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.embedded
 @pytest.fixture(scope="module")
 def analysis(embedded):
     prompts = task_prompts(load("sentiment"), 2, seed=0)
-    return prompts, analyse_prompts(embedded, prompts, Settings(k=5, batch_size=2))
+    return prompts, analyse_prompts(embedded, prompts, AnalysisSettings(k=5, batch_size=2))
 
 
 def test_read_out_at_q_equals_the_full_forward(embedded):

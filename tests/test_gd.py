@@ -26,8 +26,8 @@ from icl_mech.gd import (
 )
 from icl_mech.gd.construct import constructed_like
 from icl_mech.gd.data import make_generator
-from icl_mech.gd.reproduce import run
 from icl_mech.models import torch_threads
+from icl_mech.runner import reproduce
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +39,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> tuple[dict, pathlib.Path]:
     out_dir = tmp_path_factory.mktemp("icl_gd")
-    with torch_threads(1):
-        return run(out_dir, quick=True, seed=0, progress=False), out_dir
+    report = reproduce("icl-gd", quick=True, out=out_dir, progress=False)
+    return report.headline, out_dir
 
 
 def autograd_gd_step(xs, ys, x_test, eta):
@@ -120,8 +120,8 @@ def test_quick_reproduction_gets_within_5_percent_of_gd(quick_run):
 
 def test_quick_reproduction_writes_figures_and_table(quick_run):
     result, out_dir = quick_run
-    for path in result["files"]:
-        assert pathlib.Path(path).stat().st_size > 0
+    for name in ("training_curve", "alignment", "interpolation", "kernelised"):
+        assert (out_dir / f"icl_gd_{name}.png").stat().st_size > 0
     assert (out_dir / "icl_gd_results.csv").read_text().startswith("variant,")
     assert "| kernelised |" in (out_dir / "icl_gd_results.md").read_text()
     assert result["kernel_trained_loss"] < result["kernel_gd_on_x_loss"]

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from sklearn.decomposition import PCA
 
 from icl_mech import Capture, HookSpec, IclMechError, attach, make, tasks, tiny_model
+from icl_mech.batching import TextBatch
 from icl_mech.hooks import points
 from icl_mech.icv import (
     ICV,
@@ -20,7 +21,6 @@ from icl_mech.icv import (
     last_token_states,
     steer,
 )
-from icl_mech.icv.texts import left_pad
 from icl_mech.models import torch_threads
 
 PAIRS = tasks.load_pairs("negative_positive")[:6]
@@ -63,7 +63,7 @@ def reference_steer(x, directions, strengths):
 
 
 def forward(model, texts, *items):
-    batch = left_pad(model, texts)
+    batch = TextBatch.from_texts(model, texts)
     with torch.no_grad(), attach(model, *items):
         return model(batch.tokens, attention_mask=batch.attention_mask)
 
@@ -146,7 +146,7 @@ def test_catalogue_and_apply_equal_the_intervention(tiny_llama, icvs):
     icv = icvs["llama"][0]
     direct = forward(tiny_llama, PROMPTS, ICVSteering(icv, 0.1))
     from_catalogue = forward(tiny_llama, PROMPTS, make("icv", icvs=icv, strengths=0.1))
-    batch = left_pad(tiny_llama, PROMPTS)
+    batch = TextBatch.from_texts(tiny_llama, PROMPTS)
     with torch.no_grad(), icv.apply(tiny_llama, 0.1):
         applied = tiny_llama(batch.tokens, attention_mask=batch.attention_mask)
     torch.testing.assert_close(from_catalogue, direct, atol=0, rtol=0)

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from icl_mech import IclMechError, tasks
+from icl_mech.batching import TextBatch
 from icl_mech.icv import paraphrase_prompt, text_metrics
 from icl_mech.icv.evaluate import StyleEvaluation, first_line, split_pairs, style_scores
-from icl_mech.icv.reproduce import _settings, markdown_table
-from icl_mech.icv.texts import left_pad
+from icl_mech.icv.reproduce import Settings
 from icl_mech.models import torch_threads
+from icl_mech.runner import markdown
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +46,7 @@ def test_perplexity_equals_a_plain_computation(tiny):
         if not text:
             assert math.isnan(value)
             continue
-        tokens = left_pad(tiny, [text]).tokens
+        tokens = TextBatch.from_texts(tiny, [text]).tokens
         if tokens.shape[1] < 2:
             assert math.isnan(value)
             continue
@@ -96,10 +97,15 @@ def test_summary_of_scored_rows():
     assert list(summary.condition) == ["none", "icv", "icl"]
     assert summary.loc[0, "perplexity"] == pytest.approx(math.e)
     assert math.isnan(summary.loc[1, "perplexity"]) and summary.loc[1, "empty"] == 1
-    assert "| pair_set |" in markdown_table(summary)
+    assert "| pair_set |" in markdown(summary)
 
 
 def test_reproduce_options_are_checked():
-    assert _settings(True, {"strengths": [0.1]}).strengths == (0.1,)
-    with pytest.raises(IclMechError, match="unknown options"):
-        _settings(True, {"lambda": 0.1})
+    assert Settings.quick(strengths=(0.1,)).strengths == (0.1,)
+    assert Settings.parse("strengths", "0.1, 0.2") == (0.1, 0.2)
+    with pytest.raises(IclMechError, match="unknown setting"):
+        Settings.quick(**{"lambda": 0.1})
+    with pytest.raises(IclMechError, match="pair_sets"):
+        Settings.quick(pair_sets=("happy_sad",))
+    with pytest.raises(IclMechError, match="finite"):
+        Settings.quick(strengths=(float("nan"),))

@@ -9,10 +9,11 @@ from matplotlib.figure import Figure
 from icl_mech import IclMechError, PromptBatch, attach, make, run, tasks, tiny_model
 from icl_mech.models import torch_threads
 from icl_mech.prompts import ICLPrompt
+from icl_mech.runner import reproduce
 from icl_mech.task_vectors import (
     AddToResidual,
-    Protocol,
     ReplaceResidual,
+    Settings,
     TaskVector,
     conflicting_tasks,
     draw_dummies,
@@ -22,7 +23,6 @@ from icl_mech.task_vectors import (
     last_token_states,
     mean_difference,
     naive_sweep_logits,
-    reproduce,
     sample_sets,
     sweep_logits,
 )
@@ -250,7 +250,7 @@ def test_apply_patches_only_inside_the_block(tiny_llama, task):
 
 
 def test_protocol_conflicts_and_reproduce_on_tiny(tiny_llama, tmp_path):
-    protocol = Protocol(
+    protocol = Settings(
         n_demonstrations=2, n_dev=4, n_test=5, max_new_tokens=2, batch_size=3, groups=2
     )
     names = ["country_capital", "city_country"]
@@ -277,17 +277,18 @@ def test_protocol_conflicts_and_reproduce_on_tiny(tiny_llama, tmp_path):
     assert (frame["follows_demonstrations"] + frame["follows_vector"] <= 1).all()
     for figure in (layer_curves(results), accuracy_bars(results), conflict_bars([conflict])):
         assert isinstance(figure, Figure)
-    headline = reproduce.run(
+    report = reproduce(
+        "task-vectors",
         tiny_llama,
-        tmp_path,
         quick=True,
-        tasks=["country_capital"],
+        tasks=("country_capital",),
         n_dev=3,
         n_test=3,
         max_new_tokens=1,
+        out=tmp_path,
         progress=False,
     )
-    assert headline["n_tasks"] == 1 and 0 <= headline["tv_replace"] <= 1
+    assert report.headline["n_tasks"] == 1 and 0 <= report.headline["mean"]["tv_replace"] <= 1
     written = {p.name for p in tmp_path.iterdir()}
     assert {
         "task_vectors_layers.png",

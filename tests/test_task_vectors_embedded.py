@@ -13,7 +13,7 @@ from icl_mech.task_vectors import (
     sample_sets,
     sweep_logits,
 )
-from icl_mech.task_vectors.evaluate import Protocol, evaluate_task
+from icl_mech.task_vectors.evaluate import Settings, evaluate_task
 
 pytestmark = pytest.mark.embedded
 
@@ -47,7 +47,7 @@ def test_cached_sweep_equals_naive_on_embedded(embedded, capital_batch):
 
 
 def test_protocol_on_country_capital(embedded):
-    protocol = Protocol(n_dev=6, n_test=8, max_new_tokens=2, batch_size=8)
+    protocol = Settings(n_dev=6, n_test=8, max_new_tokens=2, batch_size=8)
     result = evaluate_task(embedded, tasks.load("country_capital"), protocol)
     acc = result.accuracy
     assert acc["baseline"] <= 0.25 < 0.4 <= acc["icl"]  # measured 0 / .63 on 48 queries

@@ -2,7 +2,7 @@
 AUC-ROC_l and R_l, as registry probes and interventions for any TransformerLens model."""
 
 from .aucroc import AnchorAuc, QueryAttention, anchor_auc, class_scores, cumulative_ratio, roc_auc
-from .experiment import Settings, TaskAnalysis, analyse_prompts, analyse_task
+from .experiment import AnalysisSettings, TaskAnalysis, analyse_prompts, analyse_task
 from .flows import FLOWS, Flows, flow_values, flows
 from .isolation import (
     Isolate,
@@ -18,6 +18,7 @@ from .saliency import SaliencyProbe, SaliencyResult, saliency
 
 __all__ = [
     "FLOWS",
+    "AnalysisSettings",
     "AnchorAuc",
     "Flows",
     "Isolate",
@@ -27,7 +28,6 @@ __all__ = [
     "QueryAttention",
     "SaliencyProbe",
     "SaliencyResult",
-    "Settings",
     "TaskAnalysis",
     "analyse_prompts",
     "analyse_task",

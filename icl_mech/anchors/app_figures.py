@@ -10,29 +10,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from icl_mech.errors import IclMechError
+from icl_mech.plotting import grouped_bars
 
 # Wang et al.'s Table 3 (GPT2-XL), under the names of the bundled tasks
 PAPER_SPEEDUP = {"sentiment": 1.1, "question_type": 1.5, "topic": 2.5, "emotion": 1.4}
-
-
-def _grouped_bars(ax, frame: pd.DataFrame, ylabel: str, fmt: str = "%.0f") -> None:
-    """One group per row of ``frame``, one bar per column."""
-    width = 0.8 / len(frame.columns)
-    x = np.arange(len(frame.index))
-    for i, column in enumerate(frame.columns):
-        bars = ax.bar(x + (i - (len(frame.columns) - 1) / 2) * width, frame[column], width)
-        bars.set_label(str(column))
-        ax.bar_label(bars, fmt=fmt, fontsize=7)
-    ax.set_xticks(x, [str(i) for i in frame.index])
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
 
 
 def reweighting_figure(table) -> Figure:
     """Table 1 as bars: accuracy per task (and average) of the three conditions."""
     figure = Figure(figsize=(7, 3.6), layout="constrained")
     ax = figure.subplots()
-    _grouped_bars(ax, table.table(), "accuracy (%)")
+    grouped_bars(ax, table.table(), "accuracy (%)", fmt="%.0f")
     ax.set_ylim(0, 105)
     ax.set_title("Anchor re-weighting (Table 1)")
     return figure
@@ -42,7 +30,7 @@ def compression_figure(table) -> Figure:
     """Table 2 as bars: label loyalty, word loyalty and accuracy of each method."""
     figure = Figure(figsize=(7.5, 3.6), layout="constrained")
     ax = figure.subplots()
-    _grouped_bars(ax, table.table(), "%")
+    grouped_bars(ax, table.table(), "%", fmt="%.0f")
     ax.set_ylim(0, 110)
     ax.set_title("Context compression: loyalty to the full prompt (Table 2)")
     return figure
@@ -59,7 +47,7 @@ def speedup_figure(table3: pd.DataFrame) -> Figure:
     frame["paper (GPT2-XL)"] = [PAPER_SPEEDUP.get(t, np.nan) for t in table3.index]
     figure = Figure(figsize=(6.5, 3.6), layout="constrained")
     ax = figure.subplots()
-    _grouped_bars(ax, frame, "speed-up (full / Hidden_anchor)", fmt="%.2f")
+    grouped_bars(ax, frame, "speed-up (full / Hidden_anchor)", fmt="%.2f")
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_title("Inference time per query (Table 3)")
     return figure
@@ -102,15 +90,3 @@ def _heatmap(ax, matrix: np.ndarray, classes: Sequence[str], title: str) -> None
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
     ax.set_title(title, fontsize=9)
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub table of the frame, index included."""
-    frame = frame.reset_index() if frame.index.name or frame.index.names[0] else frame
-    rows = [[str(v) for v in frame.columns]] + [[_cell(v) for v in row] for row in frame.values]
-    lines = ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join([lines[0], "|" + " --- |" * len(frame.columns), *lines[1:]]) + "\n"
-
-
-def _cell(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

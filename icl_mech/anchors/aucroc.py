@@ -27,7 +27,14 @@ from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Probe, points, register
 from icl_mech.prompts import PromptBatch
 
-from .readout import Anchors, anchor_mask, check_layers, require_label_words, target_logits
+from .readout import (
+    Anchors,
+    anchor_mask,
+    check_layers,
+    concat_examples,
+    require_label_words,
+    target_logits,
+)
 
 Span = Literal["sum", "mean"]
 Average = Literal["pooled", "macro"]
@@ -142,12 +149,7 @@ class AnchorAuc:
 
     @classmethod
     def concat(cls, parts: Sequence[AnchorAuc]) -> AnchorAuc:
-        if not parts:
-            raise IclMechError("AnchorAuc.concat: nothing to concatenate")
-        first = parts[0]
-        scores = torch.cat([p.scores for p in parts])
-        predicted = torch.cat([p.predicted for p in parts])
-        return cls(scores, predicted, first.layers, first.task, first.average)
+        return concat_examples(parts, "scores", "predicted")
 
 
 def anchor_auc(

@@ -21,6 +21,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from icl_mech.anchors.readout import unembed
+from icl_mech.batching import left_pad_rows
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Intervention, attach, points, register
 from icl_mech.prompts import ROLES, PromptBatch
@@ -75,13 +76,9 @@ def split_prompts(batch: PromptBatch) -> tuple[Tokens, Tokens]:
 
 
 def _left_pad(rows: list[list[Tensor]]) -> Tokens:
-    longest = max(len(row[0]) for row in rows)
-    fill = (0, 0, ROLES.index("pad"), -1)
-    out = [torch.full((len(rows), longest), f, dtype=torch.long) for f in fill]
-    for b, row in enumerate(rows):
-        for tensor, part in zip(out, row):
-            tensor[b, longest - len(part) :] = part
-    return Tokens(*out)
+    """Tokens, mask, roles and classes of each row, left-padded (masked token ids: 0)."""
+    fills = (0, 0, ROLES.index("pad"), -1)
+    return Tokens(*(left_pad_rows([row[i] for row in rows], f) for i, f in enumerate(fills)))
 
 
 def signature(model) -> tuple:

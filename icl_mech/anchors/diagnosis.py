@@ -29,6 +29,7 @@ from icl_mech.anchors.aucroc import roc_auc
 from icl_mech.anchors.compression import ContextCache, answer, encode_shared, rotate
 from icl_mech.anchors.readout import Anchors, check_layers
 from icl_mech.anchors.reweighting import anchor_columns
+from icl_mech.batching import index_batches
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import Capture
 from icl_mech.prompts import ICLPrompt, Task
@@ -158,9 +159,9 @@ def anchor_geometry(
     }
     parts, logits = {layer: [] for layer in layers}, []
     with torch.no_grad():
-        for index in torch.arange(len(prompts)).split(batch_size):
+        for index in index_batches(len(prompts), batch_size):
             at_q = Capture(list(names.values()), positions="last")
-            logits.append(answer(model, cache, tokens.take(index), at_q))
+            logits.append(answer(model, cache, tokens.take(torch.tensor(index)), at_q))
             for layer, name in names.items():
                 parts[layer].append(at_q.activations[name])
         keys = {layer: class_keys(model, cache, layer, anchors) for layer in layers}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from icl_mech import settings as base
+from icl_mech import tasks as bundled
 from icl_mech.errors import IclMechError
 from icl_mech.evaluation import batches, build_prompts
 from icl_mech.hooks import Capture, points
@@ -26,10 +28,16 @@ from .readout import Anchors, check_anchors
 from .saliency import Target, saliency
 
 
-@dataclass
-class Settings:
-    """The knobs of the analysis, with the paper's defaults."""
+@dataclass(frozen=True)
+class AnalysisSettings(base.Settings):
+    """The analysis (flows, isolation, AUC-ROC) with the paper's defaults; the full run is
+    100 held-out queries per task and three seeds (each draws its own split and
+    demonstrations), one demonstration per class."""
 
+    QUICK = dict(tasks=("sentiment", "topic"), n_test=4, n_seeds=1)
+    tasks: tuple[str, ...] = tuple(bundled.names("classification"))
+    n_test: int = 100  # held-out queries per task and seed
+    n_seeds: int = 3
     k: int = 5  # isolated layers, shallow (first k) and deep (last k)
     anchors: Anchors = "all"
     span: Span = "sum"
@@ -37,7 +45,19 @@ class Settings:
     top_k: int = 5
     n_random: int | None = None  # random words isolated per row (default: as many as anchors)
     batch_size: int = 8
-    seed: int = 0
+
+    def check(self) -> None:
+        base.known(self, "tasks", bundled.names("classification"))
+        base.positive(self, "n_test", "n_seeds", "k", "top_k", "batch_size")
+        if self.n_random is not None:
+            base.positive(self, "n_random")
+        check_anchors(self.anchors)
+        base.one_of(self, "span", ("sum", "mean"))
+        base.one_of(self, "target", ("gold", "prediction"))
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.n_seeds)]
 
 
 @dataclass
@@ -61,7 +81,7 @@ class TaskAnalysis:
         return frame
 
 
-def analyse_batch(model, batch: PromptBatch, settings: Settings):
+def analyse_batch(model, batch: PromptBatch, settings: AnalysisSettings):
     """(flows, loyalty, auc, correct) of one batch."""
     check_settings(model, settings)
     deep = deep_layers(model, settings.k)
@@ -88,22 +108,15 @@ def analyse_batch(model, batch: PromptBatch, settings: Settings):
     return flows(result, batch, settings.anchors), loyalty, auc, correct
 
 
-def check_settings(model, settings: Settings) -> None:
-    """Every choice is checked before the first forward pass."""
-    check_anchors(settings.anchors)
+def check_settings(model, settings: AnalysisSettings) -> None:
+    """What depends on the model is checked here, before the first forward pass."""
     deep_layers(model, settings.k)
-    if settings.span not in ("sum", "mean"):
-        raise IclMechError(f"span must be 'sum' or 'mean', got {settings.span!r}")
-    if settings.target not in ("gold", "prediction"):
-        raise IclMechError(f"target must be 'gold' or 'prediction', got {settings.target!r}")
     if not 1 <= settings.top_k <= model.cfg.d_vocab_out:
         raise IclMechError(f"top_k must be between 1 and the vocabulary size, got {settings.top_k}")
-    if settings.batch_size < 1:
-        raise IclMechError(f"batch_size must be at least 1, got {settings.batch_size}")
 
 
 def analyse_prompts(
-    model, prompts: Sequence[ICLPrompt], settings: Settings, progress: bool | str = False
+    model, prompts: Sequence[ICLPrompt], settings: AnalysisSettings, progress: bool | str = False
 ) -> TaskAnalysis:
     """Analyse prompts of one task, batched by similar length (results keep prompt order)."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].text))
@@ -132,12 +145,12 @@ def analyse_task(
     task: Task,
     n: int = 100,
     seeds: Sequence[int] = (0,),
-    settings: Settings | None = None,
+    settings: AnalysisSettings | None = None,
     shots: int = 1,
     progress: bool = True,
 ) -> TaskAnalysis:
     """Every seed draws its own split and demonstrations; results are pooled over seeds."""
-    settings = settings or Settings()
+    settings = settings or AnalysisSettings()
     check_settings(model, settings)
     parts = []
     for seed in seeds:

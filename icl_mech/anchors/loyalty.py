@@ -24,7 +24,7 @@ from icl_mech.hooks import Capture, points
 from icl_mech.prompts import PromptBatch
 
 from .isolation import IsolateLabelWords, IsolateRandomWords, deep_layers, shallow_layers
-from .readout import Anchors, check_anchors, require_label_words, target_logits
+from .readout import Anchors, check_anchors, concat_examples, require_label_words, target_logits
 
 CONDITIONS = (("shallow", "label"), ("shallow", "random"), ("deep", "label"), ("deep", "random"))
 
@@ -84,12 +84,7 @@ class Loyalty:
 
     @classmethod
     def concat(cls, parts: Sequence[Loyalty]) -> Loyalty:
-        if not parts:
-            raise IclMechError("Loyalty.concat: nothing to concatenate")
-        first = parts[0]
-        label = torch.cat([p.label for p in parts])
-        word = torch.cat([p.word for p in parts])
-        return cls(label, word, first.conditions, first.k, first.task)
+        return concat_examples(parts, "label", "word")
 
 
 def isolation_loyalty(

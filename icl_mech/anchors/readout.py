@@ -13,12 +13,15 @@ only (Wang et al.'s choice; on the embedded SmolLM2 every bundled label word is 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from icl_mech import validate
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import attach
 from icl_mech.prompts import PromptBatch
@@ -55,16 +58,8 @@ def anchor_mask(batch: PromptBatch, anchors: Anchors = "all") -> Bool[Tensor, "b
 
 
 def check_layers(model, layers, what: str) -> list[int]:
-    """Layer indices (default: all), each in range, or an error naming the model."""
-    n_layers = model.cfg.n_layers
-    chosen = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
-    bad = [layer for layer in chosen if not 0 <= layer < n_layers]
-    if bad:
-        raise IclMechError(
-            f"{what}: layer(s) {bad} out of range for {model.cfg.model_name} "
-            f"({n_layers} layers, 0..{n_layers - 1})"
-        )
-    return chosen
+    """Layer indices (default: all), each an int in range, or an error naming the model."""
+    return validate.layers(model, layers, f"{what} layers", allow_empty=True)
 
 
 def target_logits(
@@ -114,3 +109,12 @@ def unembed(model, residual: Float[Tensor, "batch d_model"]) -> Float[Tensor, "b
     if cap > 0:
         logits = cap * torch.tanh(logits / cap)
     return logits
+
+
+def concat_examples(parts: Sequence, *fields: str):
+    """Per-example results of several batches as one: the tensor ``fields`` concatenated over
+    examples, everything else taken from the first part."""
+    if not parts:
+        raise IclMechError("concat: nothing to concatenate")
+    joined = {name: torch.cat([getattr(p, name) for p in parts]) for name in fields}
+    return dataclasses.replace(parts[0], **joined)

@@ -1,70 +1,63 @@
-"""Reproduce the analysis half of "Label Words are Anchors" (Wang et al., EMNLP 2023).
+"""Reproduce "Label words are anchors" (Wang et al., EMNLP 2023) through the runner.
 
-For each classification task: saliency flows per layer (Fig. 3), label and word loyalty when
-label words or random words are isolated in the first or last k layers (Fig. 4), AUC-ROC_l and
-R_l of the target's attention on the label words (Fig. 5). Prompts hold one demonstration per
-class, as in the paper. Writes ``anchors_*.png`` and ``anchors_*.{csv,md}`` into ``out_dir``.
-
-Full mode: 100 held-out queries per task and three seeds (each seed draws its own split and
-demonstrations). Quick mode: two tasks, a few queries, one seed.
+- ``anchors``: per task, saliency flows per layer (Fig. 3), label and word loyalty under
+  shallow / deep isolation of label words or random words (Fig. 4), AUC-ROC_l and R_l (Fig. 5);
+- ``anchor-applications``: anchor re-weighting (Table 1), context compression (Table 2),
+  speed-up (Table 3) and the anchor-distance diagnosis (Fig. 6).
 """
 
 from __future__ import annotations
 
-import pathlib
-import time
-from collections.abc import Sequence
+import random
+from dataclasses import dataclass
 
 import pandas as pd
+from tqdm import tqdm
 
+from icl_mech import runner
+from icl_mech import settings as base
 from icl_mech import tasks as bundled
+from icl_mech.errors import IclMechError
+from icl_mech.runner import Report
 
-from .experiment import Settings, TaskAnalysis, analyse_task
+from . import app_figures
+from .compression_experiment import (
+    METHODS,
+    compression_experiment,
+    one_demonstration_each,
+    time_per_query,
+)
+from .diagnosis import diagnose
+from .experiment import AnalysisSettings, TaskAnalysis, analyse_task
 from .figures import auc_figure, flows_figure, loyalty_figure
+from .readout import Anchors, check_anchors
+from .reweighting_experiment import reweighting_experiment
 
-PREFIX = "anchors_"
-QUICK_TASKS = ("sentiment", "topic")
 
-
-def run(
-    model,
-    out_dir: pathlib.Path,
-    quick: bool = False,
-    seed: int = 0,
-    *,
-    tasks: Sequence[str] | None = None,
-    n: int | None = None,
-    n_seeds: int | None = None,
-    k: int = 5,
-    anchors: str = "all",
-    target: str = "gold",
-    batch_size: int = 8,
-    progress: bool = True,
-) -> dict:
-    """Compute, write figures and tables, and return the headline numbers per task."""
-    start = time.perf_counter()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = list(tasks or (QUICK_TASKS if quick else bundled.names("classification")))
-    n = n or (4 if quick else 100)
-    seeds = [seed + i for i in range(n_seeds or (1 if quick else 3))]
-    settings = Settings(k=k, anchors=anchors, target=target, batch_size=batch_size, seed=seed)
+def compute_analysis(model, settings: AnalysisSettings, progress: bool = True) -> Report:
     analyses = [
-        analyse_task(model, bundled.load(name), n, seeds, settings, progress=progress)
-        for name in tasks
-    ]
-    paths = write_figures(out_dir, analyses)
-    paths += write_tables(out_dir, analyses)
-    return {
-        "model": model.cfg.model_name,
-        "n_per_seed": n,
-        "seeds": seeds,
-        "k": k,
-        "anchors": anchors,
-        "seconds": round(time.perf_counter() - start, 1),
-        "tasks": {a.task: headline(a) for a in analyses},
-        "files": [str(p) for p in paths],
-    }
+        analyse_task(model, bundled.load(name), settings.n_test, settings.seeds, settings,
+                     progress=progress)
+        for name in settings.tasks
+    ]  # fmt: skip
+    summary = [{"task": a.task, **runner.flatten(headline(a), sep="_")} for a in analyses]
+    return Report(
+        "anchors",
+        settings,
+        tables={
+            "flows": pd.concat([a.flows.summary() for a in analyses]),
+            "loyalty": pd.concat([a.loyalty.summary() for a in analyses]),
+            "layers": pd.concat([a.to_frame() for a in analyses]),
+            "summary": pd.DataFrame(summary),
+        },
+        figures={
+            "flows": flows_figure([a.flows for a in analyses]),
+            "flows_raw": flows_figure([a.flows for a in analyses], normalised=False),
+            "loyalty": loyalty_figure([a.loyalty for a in analyses]),
+            "auc": auc_figure([a.auc for a in analyses]),
+        },
+        headline={a.task: headline(a) for a in analyses},
+    )
 
 
 def headline(analysis: TaskAnalysis) -> dict:
@@ -72,7 +65,6 @@ def headline(analysis: TaskAnalysis) -> dict:
     layers = analysis.flows.layers
     dominant = analysis.flows.dominant()
     auc, ratio = analysis.auc.auc(), analysis.auc.ratio()
-    loyalty = analysis.loyalty.summary()
     return {
         "n": len(analysis.correct),
         "accuracy": round(analysis.accuracy, 3),
@@ -84,7 +76,7 @@ def headline(analysis: TaskAnalysis) -> dict:
                 "label": round(r.label_loyalty_mean, 3),
                 "word": round(r.word_loyalty_mean, 3),
             }
-            for r in loyalty.itertuples()
+            for r in analysis.loyalty.summary().itertuples()
         },
         "auc_peak_layer": layers[int(auc.nan_to_num(0).argmax())],
         "auc_peak": round(float(auc.nan_to_num(0).max()), 3),
@@ -117,51 +109,108 @@ def _ranges(layers: list[int]) -> str:
     return ", ".join(parts) or "none"
 
 
-def write_figures(out_dir: pathlib.Path, analyses: list[TaskAnalysis]) -> list[pathlib.Path]:
-    figures = {
-        "flows": flows_figure([a.flows for a in analyses]),
-        "flows_raw": flows_figure([a.flows for a in analyses], normalised=False),
-        "loyalty": loyalty_figure([a.loyalty for a in analyses]),
-        "auc": auc_figure([a.auc for a in analyses]),
+@dataclass(frozen=True)
+class ApplicationSettings(base.Settings):
+    """Tables 1-3 and the diagnosis. Re-weighting trains beta (Adam, ``lr``, ``epochs``,
+    ``batch_size``) on ``aux_per_class`` auxiliary examples per class; compression averages
+    ``n_draws`` random draws; timing takes the median of ``rounds`` over ``timing_queries``."""
+
+    QUICK = dict(
+        tasks=("sentiment",), n_test=16, n_seeds=1, epochs=2, n_draws=2, timing_queries=3,
+        rounds=1, diagnosis_tasks=("question_type",), diagnosis_queries=24, scan=False,
+    )  # fmt: skip
+    tasks: tuple[str, ...] = tuple(bundled.names("classification"))
+    n_test: int = 64
+    n_seeds: int = 2
+    epochs: int = 10
+    lr: float = 0.01
+    batch_size: int = 4
+    aux_per_class: int = 4
+    anchors: Anchors = "all"
+    n_draws: int = 10
+    timing_queries: int = 8
+    rounds: int = 3
+    diagnosis_tasks: tuple[str, ...] = ("question_type", "topic", "emotion")
+    diagnosis_queries: int = 120
+    scan: bool = True  # correlation of every single layer's keys, in the diagnosis figure
+
+    def check(self) -> None:
+        classification = bundled.names("classification")
+        base.known(self, "tasks", classification)
+        base.known(self, "diagnosis_tasks", classification)
+        base.positive(self, "n_test", "n_seeds", "batch_size", "aux_per_class", "n_draws",
+                        "timing_queries", "rounds", "diagnosis_queries")  # fmt: skip
+        base.positive(self, "epochs", allow_zero=True)
+        check_anchors(self.anchors)
+        if not self.lr > 0:
+            raise IclMechError(f"anchor-applications settings: lr must be > 0, got {self.lr}")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.n_seeds)]
+
+
+def compute_applications(model, settings: ApplicationSettings, progress: bool = True) -> Report:
+    s = settings
+    task_list = [bundled.load(name) for name in s.tasks]
+    training = dict(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, anchors=s.anchors)
+    table1 = reweighting_experiment(model, task_list, s.n_test, s.seeds, progress=progress,
+                                    aux_per_class=s.aux_per_class, **training)  # fmt: skip
+    table2 = compression_experiment(model, task_list, s.n_test, s.seeds, n_draws=s.n_draws,
+                                    progress=progress)  # fmt: skip
+    steps = tqdm(task_list, desc="timing", disable=not progress, leave=False)
+    table3 = pd.DataFrame([_speedups(model, task, s) for task in steps]).set_index("task")
+    diagnoses = []
+    for name in s.diagnosis_tasks:
+        task = bundled.load(name)
+        pool, test = task.split(s.diagnosis_queries, s.seed)
+        demonstrations = pool.sample_demonstrations(1, random.Random(s.seed))
+        diagnoses.append(diagnose(model, task, demonstrations, list(test.examples), scan=s.scan))
+    return Report(
+        "anchor-applications",
+        settings,
+        tables={
+            "table1_reweighting": table1.table(),
+            "table2_compression": table2.table(),
+            "table2_compression_by_task": table2.table(by_task=True),
+            "table3_speedup": table3.round(4),
+            "diagnosis": pd.concat([d.to_frame() for d in diagnoses]),
+        },
+        figures={
+            "reweighting": app_figures.reweighting_figure(table1),
+            "compression": app_figures.compression_figure(table2),
+            "speedup": app_figures.speedup_figure(table3),
+            "diagnosis": app_figures.diagnosis_figure(diagnoses),
+        },
+        headline=_application_headline(table1, table2, table3, diagnoses),
+    )
+
+
+SPEED = ("full_seconds", "anchor_seconds", "speedup")
+
+
+def _speedups(model, task, settings: ApplicationSettings) -> dict:
+    """Table 3 row: time per query with logits at q, and with logits at every token."""
+    prompts = one_demonstration_each(task, settings.timing_queries, settings.seed)
+    at_q = time_per_query(model, prompts, settings.rounds)
+    every = time_per_query(model, prompts, settings.rounds, every_position=True)
+    return {"task": task.name} | at_q | {f"{k}_every_position": every[k] for k in SPEED}
+
+
+def _application_headline(table1, table2, table3: pd.DataFrame, diagnoses) -> dict:
+    average = table1.table().loc["average"]
+    compressed = table2.table()
+    out = {f"table1 {k}": round(float(v), 2) for k, v in average.items()}
+    out["table1 gain"] = round(float(average["re-weighted 1-shot"] - average["vanilla 1-shot"]), 2)
+    out["table2"] = {
+        method: {metric: round(float(v), 2) for metric, v in compressed.loc[method].items()}
+        for method in METHODS
     }
-    paths = []
-    for name, figure in figures.items():
-        paths.append(out_dir / f"{PREFIX}{name}.png")
-        figure.savefig(paths[-1], dpi=120)
-    return paths
-
-
-def write_tables(out_dir: pathlib.Path, analyses: list[TaskAnalysis]) -> list[pathlib.Path]:
-    tables = {
-        "flows": pd.concat([a.flows.summary() for a in analyses]),
-        "loyalty": pd.concat([a.loyalty.summary() for a in analyses]),
-        "layers": pd.concat([a.to_frame() for a in analyses]),
-    }
-    paths = []
-    for name, table in tables.items():
-        paths.append(out_dir / f"{PREFIX}{name}.csv")
-        table.to_csv(paths[-1], index=False)
-    summary = [{"task": a.task, **_flat(headline(a))} for a in analyses]
-    paths.append(out_dir / f"{PREFIX}summary.md")
-    paths[-1].write_text(markdown_table(summary))
-    return paths
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}_"))
-        else:
-            out[f"{prefix}{key}"] = value
+    out["table3 speed-up"] = {t: round(float(v), 2) for t, v in table3["speedup"].items()}
+    for d in diagnoses:
+        out[f"diagnosis {d.task}"] = {
+            "correlation": round(d.correlation, 3),
+            "most confused (actual)": "/".join(d.most_confused("actual")),
+            "most confused (predicted)": "/".join(d.most_confused("predicted")),
+        }
     return out
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """One column per task (rows of the input), one line per metric."""
-    lines = ["| metric | " + " | ".join(str(r["task"]) for r in rows) + " |"]
-    lines.append("|---" * (len(rows) + 1) + "|")
-    for key in rows[0]:
-        if key != "task":
-            lines.append(f"| {key} | " + " | ".join(str(r.get(key)) for r in rows) + " |")
-    return "\n".join(lines) + "\n"

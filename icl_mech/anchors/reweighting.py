@@ -9,26 +9,21 @@ shared demonstrations run once (``compression.encode_shared``) and each step run
 
 from __future__ import annotations
 
-import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from icl_mech import __version__
 from icl_mech.anchors.compression import ContextCache, answer, encode_shared
 from icl_mech.anchors.readout import ANCHORS, Anchors, anchor_mask, check_anchors
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Intervention, points, register
 from icl_mech.prompts import ICLPrompt, PromptBatch, Task
+from icl_mech.vectors import Vector, package_version
 
 
 def anchor_columns(cache: ContextCache, anchors: Anchors = "all") -> Int[Tensor, "batch entry"]:
@@ -117,8 +112,12 @@ class AnchorReweighting(Intervention):
 
 
 @dataclass
-class TrainedBeta:
-    """beta with its provenance; ``intervention()`` re-weights, ``save``/``load`` persist it."""
+class TrainedBeta(Vector):
+    """beta with its provenance; ``intervention()``/``apply()`` re-weight, ``save``/``load``
+    persist it (``icl_mech.vectors``). ``d_model`` is recorded when known."""
+
+    KINDS = ("trained-beta",)
+    TENSORS = ("beta",)
 
     beta: Float[Tensor, "layer head n_classes"]
     model_name: str
@@ -129,32 +128,46 @@ class TrainedBeta:
     seed: int = 0
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
     aux_loss: tuple[float, float] = (float("nan"), float("nan"))  # whole aux set: before, after
-    PROVENANCE = {"hook_points": "blocks.*.attn.hook_pattern", "positions": "row q, label words"}
+    d_model: int | None = None
+    version: str = field(default_factory=package_version)
+
+    def __post_init__(self):
+        self.classes = tuple(self.classes)
+        if self.beta.ndim != 3 or self.beta.shape[2] != len(self.classes):
+            raise IclMechError(
+                f"beta has shape {tuple(self.beta.shape)}; expected [n_layers, n_heads, "
+                f"n_classes] with n_classes = {len(self.classes)} ({list(self.classes)})"
+            )
+        super().__post_init__()
 
     def intervention(self, cache: ContextCache | None = None) -> AnchorReweighting:
         columns = None if cache is None else anchor_columns(cache, self.anchors)
         return AnchorReweighting(self.beta.detach(), self.anchors, columns)
 
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        save_file({"beta": self.beta.detach().contiguous()}, str(path.with_suffix(".safetensors")))
-        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "beta"}
-        meta |= self.PROVENANCE | {"icl_mech_version": __version__}
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    def tensors(self) -> dict[str, Tensor]:
+        return {"beta": self.beta.detach()}
+
+    def metadata(self) -> dict:
+        n_layers, n_heads, n_classes = self.beta.shape
+        own = {_SAVED_AS.get(f.name, f.name): getattr(self, f.name) for f in fields(self)[1:]}
+        layers = list(range(n_layers))
+        hook_points = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
+        shape = {"n_layers": n_layers, "n_heads": n_heads, "n_classes": n_classes}
+        where = {"hook_points": hook_points, "layers": layers, "positions": _POSITIONS}
+        return {**own, **shape, **where}
 
     @classmethod
-    def load(cls, path: str | Path, model=None) -> TrainedBeta:
-        path = Path(path)
-        beta = load_file(str(path.with_suffix(".safetensors")))["beta"]
-        saved = json.loads(path.with_suffix(".json").read_text())
-        meta = {f.name: saved[f.name] for f in fields(cls) if f.name in saved}
-        if model is not None and tuple(beta.shape[:2]) != (model.cfg.n_layers, model.cfg.n_heads):
-            cfg = model.cfg
-            raise IclMechError(
-                f"beta of shape {tuple(beta.shape)} (trained on {meta['model_name']}) does not "
-                f"fit {cfg.model_name} ({cfg.n_layers} layers, {cfg.n_heads} heads)"
-            )
-        return cls(beta, **meta | {k: tuple(meta[k]) for k in ("classes", "aux_loss")})
+    def from_data(cls, tensors: dict[str, Tensor], provenance: dict) -> TrainedBeta:
+        saved = {f.name: provenance[_SAVED_AS.get(f.name, f.name)] for f in fields(cls)[1:-2]}
+        for name in ("losses", "aux_loss"):  # NaN is saved as null
+            saved[name] = [float("nan") if v is None else v for v in saved[name]]
+        saved["aux_loss"] = tuple(saved["aux_loss"])
+        version = provenance["icl_mech_version"]
+        return cls(tensors["beta"], **saved, d_model=provenance.get("d_model"), version=version)
+
+
+_SAVED_AS = {"model_name": "model", "version": "icl_mech_version"}
+_POSITIONS = "row q, label words"
 
 
 def train_beta(
@@ -204,7 +217,8 @@ def train_beta(
     with torch.no_grad():
         after = float(loss_of(everything))
     provenance = (model.cfg.model_name, task.name, task.classes, task.template, anchors, seed)
-    return TrainedBeta(beta.detach().clone(), *provenance, losses, (before, after))
+    fitted = (losses, (before, after), model.cfg.d_model)
+    return TrainedBeta(beta.detach().clone(), *provenance, *fitted)
 
 
 def auxiliary_loss(model, trained: TrainedBeta | None, task: Task, demonstrations, aux) -> float:
@@ -215,85 +229,3 @@ def auxiliary_loss(model, trained: TrainedBeta | None, task: Task, demonstration
     with torch.no_grad():
         logits = answer(model, cache, queries, *items)
     return float(F.cross_entropy(logits[:, batch.class_token_ids], batch.gold))
-
-
-def split_for_reweighting(task: Task, n_test: int, aux_per_class: int, seed: int) -> tuple:
-    """(1 demonstration per class, ``aux_per_class`` auxiliary examples per class, test)."""
-    pool, test = task.split(n_test, seed)
-    demonstrations = pool.sample_demonstrations(1, rng := random.Random(seed))
-    rest = pool.with_examples([e for e in pool.examples if e not in demonstrations])
-    return demonstrations, rest.sample_demonstrations(aux_per_class, rng), list(test.examples)
-
-
-CONDITIONS = ("vanilla 1-shot", "vanilla 5-shot", "re-weighted 1-shot")
-
-
-def predict_classes(
-    model, task: Task, demonstrations, queries, *, trained=None, batch_size: int = 16
-) -> tuple[Tensor, Tensor]:
-    """(predicted, gold) class per query, all asked after the same demonstrations."""
-    prompts = [ICLPrompt.build(task, list(demonstrations), q) for q in queries]
-    cache, tokens, batch = encode_shared(model, prompts)
-    items = [] if trained is None else [trained.intervention(cache)]
-    predicted = []
-    with torch.no_grad():
-        for index in torch.arange(len(prompts)).split(batch_size):
-            logits = answer(model, cache, tokens.take(index), *items)
-            predicted.append(logits[:, batch.class_token_ids].argmax(-1))
-    return torch.cat(predicted), batch.gold
-
-
-@dataclass
-class ReweightingTable:
-    """Wang et al.'s Table 1: accuracy per task, seed and condition (``CONDITIONS``)."""
-
-    records: list[dict]
-    trained: list[TrainedBeta]
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.records)
-
-    def table(self) -> pd.DataFrame:
-        """Accuracy (%) per task, averaged over seeds, with an average row."""
-        frame = self.to_frame().pivot_table("accuracy", "task", "condition", sort=False)
-        frame = frame[list(CONDITIONS)] * 100
-        frame.loc["average"] = frame.mean()
-        return frame.round(2)
-
-
-def reweighting_experiment(
-    model,
-    tasks: Sequence[Task],
-    n_test: int = 64,
-    seeds: Sequence[int] = (0,),
-    *,
-    aux_per_class: int = 4,
-    progress: bool = True,
-    **training,
-) -> ReweightingTable:
-    """Per task and seed: 1 demonstration and ``aux_per_class`` auxiliary examples per class.
-    Vanilla 1-shot asks the test queries after the demonstrations; vanilla 5-shot after the
-    demonstrations and the auxiliary examples (shuffled); re-weighted 1-shot after the
-    demonstrations with beta trained on the auxiliary examples (``training``: lr, epochs, ...).
-    """
-    records, trained_all = [], []
-    for task in tasks:
-        for seed in seeds:
-            demos, aux, test = split_for_reweighting(task, n_test, aux_per_class, seed)
-            trained = train_beta(model, task, demos, aux, seed=seed, progress=progress, **training)
-            five = demos + aux
-            random.Random(seed).shuffle(five)
-            runs = {
-                CONDITIONS[0]: predict_classes(model, task, demos, test),
-                CONDITIONS[1]: predict_classes(model, task, five, test),
-                CONDITIONS[2]: predict_classes(model, task, demos, test, trained=trained),
-            }
-            before, after = trained.aux_loss
-            records += [
-                dict(task=task.name, seed=seed, condition=condition, n=len(gold),
-                     accuracy=float((predicted == gold).float().mean()),
-                     aux_loss_before=before, aux_loss_after=after)
-                for condition, (predicted, gold) in runs.items()
-            ]  # fmt: skip
-            trained_all.append(trained)
-    return ReweightingTable(records, trained_all)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icl_mech import validate
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Probe, points, register
 from icl_mech.prompts import PromptBatch
@@ -129,6 +130,7 @@ def saliency(
     ``items`` (interventions or probes) are attached in the same forward, before the probe, so
     the probe sees the patterns they leave.
     """
+    layers = validate.layers(model, layers, "saliency layers")
     require_label_words(batch, "saliency")
     if target not in ("gold", "prediction"):
         raise IclMechError(f"saliency target must be 'gold' or 'prediction', got {target!r}")

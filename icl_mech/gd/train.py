@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from icl_mech.errors import IclMechError
 from icl_mech.gd.data import RegressionBatch, RegressionTasks

@@ -1,8 +1,8 @@
 """In-context vectors (Liu et al. 2023): extraction, norm-preserving MLP-output steering,
 steered generation and offline evaluation.
 
-- ``extract_icv(model, pairs)`` → ``ICV`` (data: ``save``/``load``, ``apply`` as a context
-  manager);
+- ``extract_icv(model, pairs)`` → ``ICV`` (a ``icl_mech.vectors.Vector``: ``save``/``load``,
+  ``intervention``, ``apply`` as a context manager);
 - ``ICVSteering`` (catalogue kind ``"icv"``) steers ``blocks.{l}.hook_mlp_out`` of every layer
   with the norm-preserving formula, several ICVs at once, positions all / prompt / new;
 - ``generate`` runs TransformerLens generation (key/value cache on) inside ``attach``;
@@ -12,10 +12,11 @@ steered generation and offline evaluation.
 
 from icl_mech.icv import text_metrics
 from icl_mech.icv.evaluate import StyleEvaluation, evaluate, evaluate_pairs, paraphrase_prompt
-from icl_mech.icv.extract import ICV, extract_icv, first_component, last_token_states
+from icl_mech.icv.extract import extract_icv, first_component, last_token_states
 from icl_mech.icv.figures import examples_figure, layers_figure, sweep_figure
 from icl_mech.icv.generation import Generations, generate
 from icl_mech.icv.steering import ICVSteering, steer
+from icl_mech.icv.vector import ICV
 from icl_mech.icv.worked import (
     PARAPHRASE_EXAMPLE,
     SENTIMENT_PAIRS,

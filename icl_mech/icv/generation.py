@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from icl_mech import validate
+from icl_mech.batching import batched, encode_text
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import Hooked, HookSpec, attach
-from icl_mech.icv.texts import chunks, left_pad
 
 
 @dataclass
@@ -70,19 +70,13 @@ def generate(
     are sliced to each batch of prompts through their ``select_rows(start, stop)``.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts:
-        raise IclMechError("generate: no prompts given")
-    if max_new_tokens < 1:
-        raise IclMechError(f"generate: max_new_tokens must be at least 1, got {max_new_tokens}")
+    _check_arguments(model, prompts, max_new_tokens, batch_size, temperature, top_k, top_p)
     stop_ids = [model.tokenizer.eos_token_id] + [_single_token(model, s) for s in stop_at]
     completions, new_tokens = [], []
-    starts = range(0, len(prompts), batch_size)
-    groups = chunks(prompts, batch_size)
-    for index, (start, group) in enumerate(
-        tqdm(list(zip(starts, groups)), desc="generate", disable=not progress, leave=False)
+    for index, (rows_of, batch) in enumerate(
+        batched(model, prompts, batch_size, progress=progress and "generate")
     ):
-        batch = left_pad(model, group)
-        rows = [_rows(item, start, start + len(group)) for item in items]
+        rows = [_rows(item, rows_of[0], rows_of[-1] + 1) for item in items]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + index)
             with attach(model, *rows):
@@ -116,6 +110,28 @@ def generate(
         items=[repr(item) for item in items],
     )
     return Generations(prompts, completions, new_tokens, settings)
+
+
+def _check_arguments(model, prompts, max_new_tokens, batch_size, temperature, top_k, top_p):
+    """Everything generation needs, before the first forward pass."""
+    if not prompts:
+        raise IclMechError("generate: no prompts given")
+    validate.count(max_new_tokens, "generate max_new_tokens")
+    validate.count(batch_size, "generate batch_size")
+    validate.real(temperature, "generate temperature", positive=True)
+    if top_k is not None:
+        validate.count(top_k, "generate top_k")
+    if top_p is not None and not 0 < validate.real(top_p, "generate top_p") <= 1:
+        raise IclMechError(f"generate: top_p={top_p} must be in (0, 1]")
+    longest = max(len(encode_text(model, text)) for text in prompts)
+    n_ctx = model.cfg.n_ctx
+    if longest + max_new_tokens > n_ctx:
+        raise IclMechError(
+            f"generate: the longest prompt has {longest} tokens and max_new_tokens="
+            f"{max_new_tokens}, {longest + max_new_tokens} positions in all, beyond the context "
+            f"of {model.cfg.model_name} ({n_ctx} tokens); use max_new_tokens <= "
+            f"{max(n_ctx - longest, 0)} or a shorter prompt"
+        )
 
 
 def _rows(item, start: int, stop: int):

@@ -1,107 +1,89 @@
 """Reproduce Liu et al. 2023 (in-context vectors) on a model: the worked paraphrase example
 and the λ sweep (style, content, fluency) against no steering and ICL prompting on the
-bundled pair sets. Writes figures and tables into ``out_dir``; returns headline numbers."""
+bundled pair sets, through the runner."""
 
 from __future__ import annotations
 
-import dataclasses
-import pathlib
-import time
-from collections.abc import Sequence
+import math
 from dataclasses import dataclass
 
 import pandas as pd
 
+from icl_mech import settings as base
 from icl_mech.errors import IclMechError
-from icl_mech.icv.evaluate import StyleEvaluation, evaluate
+from icl_mech.icv.evaluate import STYLE_METRICS, StyleEvaluation, evaluate
 from icl_mech.icv.figures import examples_figure, layers_figure, sweep_figure
 from icl_mech.icv.worked import PARAPHRASE_EXAMPLE, SENTIMENT_PAIRS, worked_example
-from icl_mech.models import torch_threads
-
-PREFIX = "icv_"
-PAIR_SETS = ("negative_positive", "rude_polite")
+from icl_mech.runner import Report
 
 
 @dataclass(frozen=True)
-class Settings:
-    n_test: int
-    n_demonstrations: int
-    strengths: tuple[float, ...]
-    max_new_tokens: int
+class Settings(base.Settings):
+    """Per pair set: the first ``n_demonstrations`` pairs (after a seeded shuffle) make the ICV
+    and the ICL prompt, the next ``n_test`` sources are paraphrased greedily with no steering,
+    with ICL and with the ICV at each λ in ``strengths``."""
+
+    QUICK = dict(n_test=4, n_demonstrations=8, strengths=(0.04, 0.08), max_new_tokens=16)
+    pair_sets: tuple[str, ...] = tuple(STYLE_METRICS)
+    n_test: int = 16
+    n_demonstrations: int = 16
+    strengths: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12)
+    max_new_tokens: int = 24
     example_strength: float = 0.06  # the λ shown in the before/after table (else the largest)
+    paraphrase_strengths: tuple[float, ...] = (0.05, 0.1)  # of the worked example
+
+    def check(self) -> None:
+        base.known(self, "pair_sets", STYLE_METRICS)
+        base.positive(self, "n_test", "n_demonstrations", "max_new_tokens")
+        for name in ("strengths", "paraphrase_strengths"):
+            values = getattr(self, name)
+            if not values or not all(math.isfinite(v) for v in values):
+                raise IclMechError(f"icv settings: {name} must be finite numbers, got {values}")
 
 
-QUICK = Settings(n_test=4, n_demonstrations=8, strengths=(0.04, 0.08), max_new_tokens=16)
-FULL = Settings(
-    n_test=16,
-    n_demonstrations=16,
-    strengths=(0.02, 0.04, 0.06, 0.08, 0.1, 0.12),
-    max_new_tokens=24,
-)
-PARAPHRASE_STRENGTHS = (0.05, 0.1)
-
-
-def run(
-    model,
-    out_dir: pathlib.Path,
-    quick: bool = False,
-    seed: int = 0,
-    *,
-    pair_sets: Sequence[str] = PAIR_SETS,
-    threads: int | None = 1,
-    progress: bool = True,
-    tasks: Sequence[str] | None = None,
-    n: int | None = None,
-    **overrides,
-) -> dict:
-    """Run the reproduction; ``overrides`` replace fields of the QUICK/FULL ``Settings``.
-
-    ``tasks`` (the CLI's ``--tasks``) names the pair sets, ``n`` (``--n``) the number of test
-    sentences per pair set. ``threads``: intra-op threads during the run (1 is fastest on a
-    busy shared CPU; None leaves torch's setting alone).
-    """
-    pair_sets = list(tasks) if tasks else list(pair_sets)
-    if n is not None:
-        overrides = {**overrides, "n_test": n}
-    settings = _settings(quick, overrides)
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with torch_threads(threads):
-        paraphrase = worked_example(
-            model,
-            PARAPHRASE_EXAMPLE,
-            SENTIMENT_PAIRS,
-            PARAPHRASE_STRENGTHS,
-            max_new_tokens=settings.max_new_tokens,
-        )
-        evaluations = evaluate(
-            model,
-            pair_sets,
-            settings.strengths,
-            n_demonstrations=settings.n_demonstrations,
-            n_test=settings.n_test,
-            max_new_tokens=settings.max_new_tokens,
-            seed=seed,
-            progress=progress,
-        )
+def compute(model, settings: Settings, progress: bool = True) -> Report:
+    paraphrase = worked_example(
+        model,
+        PARAPHRASE_EXAMPLE,
+        SENTIMENT_PAIRS,
+        settings.paraphrase_strengths,
+        max_new_tokens=settings.max_new_tokens,
+    )
+    evaluations = evaluate(
+        model,
+        settings.pair_sets,
+        settings.strengths,
+        n_demonstrations=settings.n_demonstrations,
+        n_test=settings.n_test,
+        max_new_tokens=settings.max_new_tokens,
+        seed=settings.seed,
+        progress=progress,
+    )
     summary = pd.concat([e.to_frame() for e in evaluations.values()], ignore_index=True)
-    tables = _example_tables(paraphrase, evaluations, settings)
-    _write(out_dir, summary, evaluations, tables, paraphrase)
-    headline = _headline(summary, paraphrase)
-    headline.update(seconds=round(time.perf_counter() - start, 1), quick=quick, seed=seed)
-    return headline
-
-
-def _settings(quick: bool, overrides: dict) -> Settings:
-    base = QUICK if quick else FULL
-    known = {f.name for f in dataclasses.fields(Settings)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise IclMechError(f"icv reproduce: unknown options {unknown}; known: {sorted(known)}")
-    if "strengths" in overrides:
-        overrides = {**overrides, "strengths": tuple(overrides["strengths"])}
-    return dataclasses.replace(base, **overrides)
+    examples = _example_tables(paraphrase, evaluations, settings)
+    return Report(
+        "icv",
+        settings,
+        tables={
+            "sweep": summary,
+            "generations": pd.concat(
+                [e.rows for e in evaluations.values()], keys=list(evaluations)
+            ),
+            "examples": pd.DataFrame(
+                [
+                    {"example": title, "condition": label, "output": text}
+                    for title, rows in examples.items()
+                    for label, text in rows
+                ]
+            ),  # fmt: skip
+        },
+        figures={
+            "sweep": sweep_figure(evaluations),
+            "examples": examples_figure(examples),
+            "layers": layers_figure(paraphrase.icv),
+        },
+        headline=_headline(summary, paraphrase),
+    )
 
 
 def _example_tables(paraphrase, evaluations: dict[str, StyleEvaluation], settings: Settings):
@@ -122,26 +104,6 @@ def _example_tables(paraphrase, evaluations: dict[str, StyleEvaluation], setting
     return tables
 
 
-def _write(out_dir, summary, evaluations, tables, paraphrase) -> None:
-    summary.to_csv(out_dir / f"{PREFIX}sweep.csv", index=False)
-    (out_dir / f"{PREFIX}sweep.md").write_text(markdown_table(summary.round(3)) + "\n")
-    generations = pd.concat([e.rows for e in evaluations.values()], keys=list(evaluations))
-    generations.to_csv(out_dir / f"{PREFIX}generations.csv")
-    lines = []
-    for title, rows in tables.items():
-        lines += [f"### {title}", "", "| condition | output |", "|---|---|"]
-        lines += [f"| {label} | {_cell(text)} |" for label, text in rows]
-        lines.append("")
-    (out_dir / f"{PREFIX}examples.md").write_text("\n".join(lines))
-    figures = {
-        "sweep": sweep_figure(evaluations),
-        "examples": examples_figure(tables),
-        "layers": layers_figure(paraphrase.icv),
-    }
-    for name, figure in figures.items():
-        figure.savefig(out_dir / f"{PREFIX}{name}.png", dpi=120, bbox_inches="tight")
-
-
 def _headline(summary: pd.DataFrame, paraphrase) -> dict:
     headline: dict = {}
     for _, row in summary.iterrows():
@@ -151,14 +113,3 @@ def _headline(summary: pd.DataFrame, paraphrase) -> dict:
     for lam, text in zip(paraphrase.strengths, paraphrase.completions):
         headline[f"paraphrase_example/λ={lam:g}"] = text
     return headline
-
-
-def _cell(text: str) -> str:
-    return (text or "(empty)").replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(_cell(str(v)) for v in row) + " |" for row in frame.values]
-    return "\n".join([header, rule, *body])

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Intervention, points, position_mask, register
-from icl_mech.icv.extract import ICV
+from icl_mech.icv.vector import ICV
 from icl_mech.positions import BATCH_SELECTORS, Positions
 
 GENERATION_POSITIONS = ("all", "prompt", "new")

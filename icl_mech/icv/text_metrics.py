@@ -18,8 +18,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from icl_mech.batching import TextBatch, index_batches
 from icl_mech.errors import IclMechError
-from icl_mech.icv.texts import chunks, left_pad
 
 
 def _missing(package: str, module: str) -> IclMechError:
@@ -89,8 +89,8 @@ def token_log_likelihoods(
     scorable = [i for i, t in enumerate(texts) if t.strip()]
     for i in set(range(len(texts))) - set(scorable):
         out[i] = (0.0, 0)
-    for group in chunks(scorable, batch_size):
-        batch = left_pad(model, [texts[i] for i in group])
+    for group in index_batches(len(scorable), batch_size, order=scorable):
+        batch = TextBatch.from_texts(model, [texts[i] for i in group])
         with torch.no_grad():
             logits = model(batch.tokens, attention_mask=batch.attention_mask)
         log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)

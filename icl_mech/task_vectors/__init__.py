@@ -7,7 +7,6 @@ batched pass (``sweep_logits``), and evaluate baseline / ICL / task-vector accur
 
 from icl_mech.task_vectors.conflict import ConflictResult, conflicting_tasks
 from icl_mech.task_vectors.evaluate import (
-    Protocol,
     TaskResult,
     TaskVectorResults,
     evaluate,
@@ -22,13 +21,14 @@ from icl_mech.task_vectors.extract import (
 )
 from icl_mech.task_vectors.generate import Generation, greedy
 from icl_mech.task_vectors.patching import AddToResidual, ReplaceResidual
+from icl_mech.task_vectors.settings import Settings
 from icl_mech.task_vectors.sweep import LayerSweep, naive_sweep_logits, sweep_logits
 from icl_mech.task_vectors.vector import TaskVector
 
 __all__ = [
     "AddToResidual",
     "ConflictResult",
-    "Protocol",
+    "Settings",
     "TaskResult",
     "TaskVectorResults",
     "conflicting_tasks",

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import run
-from icl_mech.prompts import Demonstration, ICLPrompt, PromptBatch, Task
-from icl_mech.task_vectors.evaluate import DEFAULT_PROTOCOL, Protocol
+from icl_mech.prompts import Demonstration, ICLPrompt, Task
+from icl_mech.task_vectors.evaluate import DEFAULT_SETTINGS
 from icl_mech.task_vectors.extract import draw_dummies, extract, mean_difference
+from icl_mech.task_vectors.settings import Settings
 from icl_mech.task_vectors.vector import TaskVector
 
 
@@ -64,7 +66,7 @@ def conflicting_tasks(
     task_b: Task,
     layer_replace: int,
     layer_add: int,
-    protocol: Protocol = DEFAULT_PROTOCOL,
+    protocol: Settings = DEFAULT_SETTINGS,
     mean_difference_b: TaskVector | None = None,
 ) -> ConflictResult:
     """Which task the answer follows: without patch, with θ_B replaced, with B's difference added.
@@ -115,9 +117,8 @@ def conflicting_tasks(
 
 def _predict(model, prompts, items, batch_size: int) -> torch.Tensor:
     predicted = []
-    for start in range(0, len(prompts), batch_size):
-        rows = slice(start, start + batch_size)
-        batch = PromptBatch.from_prompts(model, prompts[rows])
+    for index, batch in batched(model, prompts, batch_size):
+        rows = slice(index[0], index[-1] + 1)
         with torch.no_grad():
             predicted.append(run(model, batch, *items(rows))[:, -1].argmax(-1))
     return torch.cat(predicted)

@@ -22,46 +22,37 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from jaxtyping import Int
+from torch import Tensor
+from tqdm import tqdm
 
+from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
-from icl_mech.evaluation import answer_token_ids, batches, predict
+from icl_mech.evaluation import answer_token_ids, predict
 from icl_mech.prompts import ICLPrompt, PromptBatch, Task
 from icl_mech.task_vectors.extract import draw_dummies, extract, mean_difference
 from icl_mech.task_vectors.generate import exact_match, greedy
+from icl_mech.task_vectors.settings import Settings
 from icl_mech.task_vectors.sweep import LayerSweep, sweep_logits
 from icl_mech.task_vectors.vector import TaskVector
 
 CONDITIONS = ("baseline", "icl", "tv_replace", "tv_add")
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """The paper's protocol (5 demonstrations, separate dev and test sets) and run sizes."""
-
-    n_demonstrations: int = 5
-    n_dummies: int = 2
-    n_dev: int = 16
-    n_test: int = 32
-    scale: float = 1.0  # of the additive variant
-    max_new_tokens: int = 6  # greedy continuation for exact match of multi-token answers
-    batch_size: int = 16
-    groups: int = 1  # of the cached layer sweep (see sweep_logits)
-    test_curves: bool = True  # also sweep every layer on test (dev alone chooses the layer)
-    seed: int = 0
-
-
-DEFAULT_PROTOCOL = Protocol()
+DEFAULT_SETTINGS = Settings()
 
 
 @dataclass
 class SplitData:
-    """The queries of one split with their zero-shot and ICL prompts and θ per query."""
+    """The queries of one split with their zero-shot and ICL prompts and θ per query; the gold
+    first answer token per query and the zero-shot prompts tokenised, each once."""
 
     zero_shot: list[ICLPrompt]
     icl: list[ICLPrompt]
     theta: TaskVector
     dummies: list[list]
+    gold: Int[Tensor, " query"]  # the same for the zero-shot and the ICL prompts
+    zero_shot_batches: list[tuple[list[int], PromptBatch]]  # (query indices, batch)
 
 
 @dataclass
@@ -104,7 +95,7 @@ class TaskVectorResults:
     """The table over tasks."""
 
     tasks: list[TaskResult]
-    protocol: Protocol
+    protocol: Settings
 
     def to_frame(self) -> pd.DataFrame:
         return pd.concat([t.to_frame() for t in self.tasks], ignore_index=True)
@@ -135,7 +126,7 @@ def _mean_where(frame: pd.DataFrame, column: str, dev_accuracy: str) -> float:
     return float(working[column].mean()) if len(working) else float("nan")
 
 
-def splits(task: Task, protocol: Protocol) -> tuple[Task, Task, Task]:
+def splits(task: Task, protocol: Settings) -> tuple[Task, Task, Task]:
     """(train, dev, test), seeded and disjoint. Small tasks get smaller dev/test sets (at most a
     third / a quarter of the examples) so that demonstrations still come from a varied pool."""
     size = len(task.examples)
@@ -152,7 +143,7 @@ def splits(task: Task, protocol: Protocol) -> tuple[Task, Task, Task]:
     return train, dev, test
 
 
-def prepare(model, task: Task, train: Task, queries: Sequence, protocol: Protocol, seed: int):
+def prepare(model, task: Task, train: Task, queries: Sequence, protocol: Settings, seed: int):
     """Per query: its demonstration set, dummies, zero-shot and ICL prompts, and θ."""
     rng = random.Random(seed)
     sets = [train.sample_demonstrations(protocol.n_demonstrations, rng) for _ in queries]
@@ -160,52 +151,56 @@ def prepare(model, task: Task, train: Task, queries: Sequence, protocol: Protoco
     theta = extract(model, train, sets, dummies, seed=seed, batch_size=protocol.batch_size)
     zero_shot = [ICLPrompt.zero_shot(task, q) for q in queries]
     icl = [ICLPrompt.build(task, demos, q) for demos, q in zip(sets, queries)]
-    return SplitData(zero_shot, icl, theta, dummies)
+    gold = answer_token_ids(model, zero_shot)
+    tokenised = list(batched(model, zero_shot, protocol.batch_size))
+    return SplitData(zero_shot, icl, theta, dummies, gold, tokenised)
 
 
 def layer_curve(
-    model, prompts: list[ICLPrompt], vectors, mode: str, protocol: Protocol, split: str
+    model, data: SplitData, vectors, mode: str, protocol: Settings, split: str
 ) -> LayerSweep:
-    """First-token accuracy with the vectors patched in at every layer (cached sweep)."""
-    gold = answer_token_ids(model, prompts)
+    """First-token accuracy of the zero-shot prompts with the vectors (``[layer, d_model]``, or
+    ``[query, layer, d_model]``) patched in at every layer (cached sweep)."""
     correct = torch.zeros(model.cfg.n_layers)
-    for start in range(0, len(prompts), protocol.batch_size):
-        chunk = slice(start, start + protocol.batch_size)
-        batch = PromptBatch.from_prompts(model, prompts[chunk])
-        rows = vectors if vectors.ndim == 2 else vectors[chunk]
+    for index, batch in data.zero_shot_batches:
+        rows = vectors if vectors.ndim == 2 else vectors[index]
         logits = sweep_logits(
             model, batch, rows, mode, scale=protocol.scale, groups=protocol.groups
         )
-        correct += (logits.argmax(-1) == gold[chunk]).float().sum(1)
-    accuracy = (correct / len(prompts)).tolist()
+        correct += (logits.argmax(-1) == data.gold[index]).float().sum(1)
+    n = len(data.zero_shot)
+    accuracy = (correct / n).tolist()
     layers = list(range(model.cfg.n_layers))
-    task = prompts[0].task.name
-    return LayerSweep(task, mode, split, layers, model.cfg.n_layers, accuracy, len(prompts))
+    task = data.zero_shot[0].task.name
+    return LayerSweep(task, mode, split, layers, model.cfg.n_layers, accuracy, n)
 
 
-def evaluate_task(model, task: Task, protocol: Protocol = DEFAULT_PROTOCOL) -> TaskResult:
+def evaluate_task(model, task: Task, protocol: Settings = DEFAULT_SETTINGS) -> TaskResult:
     train, dev, test = splits(task, protocol)
     dev_data = prepare(model, task, train, dev.examples, protocol, protocol.seed + 11)
     test_data = prepare(model, task, train, test.examples, protocol, protocol.seed + 12)
     delta = mean_difference(model, dev_data.theta, train, dev_data.dummies, protocol.batch_size)
     swept = (("dev", dev_data), ("test", test_data))[: 2 if protocol.test_curves else 1]
     curves = [
-        layer_curve(model, data.zero_shot, vectors, mode, protocol, split)
+        layer_curve(model, data, vectors, mode, protocol, split)
         for split, data in swept
         for mode, vectors in (("replace", data.theta.values), ("add", delta.values[0]))
     ]
     layer_replace = curves[0].best_layer
     layer_add = curves[1].best_layer
+    zero_shot = test_data.zero_shot_batches
     runs = {
-        "baseline": (test_data.zero_shot, None, 0, "replace"),
-        "icl": (test_data.icl, None, 0, "replace"),
-        "tv_replace": (test_data.zero_shot, test_data.theta, layer_replace, "replace"),
-        "tv_add": (test_data.zero_shot, delta, layer_add, "add"),
+        "baseline": (zero_shot, None, 0, "replace"),
+        "icl": (list(batched(model, test_data.icl, protocol.batch_size)), None, 0, "replace"),
+        "tv_replace": (zero_shot, test_data.theta, layer_replace, "replace"),
+        "tv_add": (zero_shot, delta, layer_add, "add"),
     }
     accuracy, exact = {}, {}
     answers = {"query": [q.x for q in test.examples], "gold": [q.y for q in test.examples]}
-    for condition, (prompts, vector, layer, mode) in runs.items():
-        first, matched, texts = _answers(model, prompts, protocol, vector, layer, mode)
+    for condition, (tokenised, vector, layer, mode) in runs.items():
+        first, matched, texts = _answers(
+            model, tokenised, test_data.gold, protocol, vector, layer, mode
+        )
         accuracy[condition], exact[condition] = first, matched
         answers[condition] = texts
     return TaskResult(
@@ -220,12 +215,12 @@ def evaluate_task(model, task: Task, protocol: Protocol = DEFAULT_PROTOCOL) -> T
         curves,
         pd.DataFrame(answers),
         delta,
-        _first_token_accuracy(model, dev_data.zero_shot, protocol.batch_size),
+        _first_token_accuracy(model, dev_data),
     )
 
 
 def evaluate(
-    model, tasks: Sequence[Task], protocol: Protocol = DEFAULT_PROTOCOL, progress: bool = True
+    model, tasks: Sequence[Task], protocol: Settings = DEFAULT_SETTINGS, progress: bool = True
 ) -> TaskVectorResults:
     results = []
     for task in tqdm(tasks, desc="task vectors", disable=not progress, leave=False):
@@ -233,28 +228,30 @@ def evaluate(
     return TaskVectorResults(results, protocol)
 
 
-def _first_token_accuracy(model, prompts: list[ICLPrompt], batch_size: int) -> float:
-    gold = answer_token_ids(model, prompts)
-    predicted = torch.cat([predict(model, b) for b in batches(model, prompts, batch_size)])
-    return float((predicted == gold).float().mean())
+def _first_token_accuracy(model, data: SplitData) -> float:
+    predicted = torch.cat([predict(model, batch) for _, batch in data.zero_shot_batches])
+    return float((predicted == data.gold).float().mean())
 
 
 def _answers(
-    model, prompts, protocol: Protocol, vector: TaskVector | None, layer: int, mode: str
+    model,
+    tokenised: list[tuple[list[int], PromptBatch]],
+    gold: Int[Tensor, " query"],
+    protocol: Settings,
+    vector: TaskVector | None,
+    layer: int,
+    mode: str,
 ) -> tuple[float, float, list[str]]:
-    """First-token accuracy, exact-match accuracy and the greedy answers, with ``vector``
-    (one set per prompt, or one shared set) patched in at ``layer``."""
-    gold = answer_token_ids(model, prompts)
-    first, matched, texts = 0, 0, []
-    for start in range(0, len(prompts), protocol.batch_size):
-        chunk = slice(start, start + protocol.batch_size)
-        batch = PromptBatch.from_prompts(model, prompts[chunk])
+    """First-token accuracy, exact-match accuracy and the greedy answers of the tokenised
+    prompts, with ``vector`` (one set per prompt, or one shared set) patched in at ``layer``."""
+    first, matched, texts, n = 0, 0, [], len(gold)
+    for index, batch in tokenised:
         items = []
         if vector is not None:
-            rows = vector if len(vector) == 1 else vector.select(chunk)
+            rows = vector if len(vector) == 1 else vector.select(index)
             items.append(rows.intervention(layer, mode, scale=protocol.scale))
         out = greedy(model, batch, *items, max_new_tokens=max(1, protocol.max_new_tokens))
-        first += int((out.first_tokens == gold[chunk]).sum())
-        matched += sum(exact_match(out, prompts[chunk]))
+        first += int((out.first_tokens == gold[index]).sum())
+        matched += sum(exact_match(out, batch.prompts))
         texts += out.texts
-    return first / len(prompts), matched / len(prompts), texts
+    return first / n, matched / n, texts

@@ -1,8 +1,8 @@
 """Extraction: θ(S) at every layer, batched over demonstration sets and dummy queries.
 
-For each set S and each of its dummy queries x', the prompt ``S + "x' ->"`` runs once with a
-``Capture`` probe on ``hook_resid_post`` at the last token; θ(S) is the mean over the dummies.
-All prompts of all sets go through the model in left-padded batches (padding changes nothing).
+For each set S and each of its dummy queries x', the prompt ``S + "x' ->"`` runs once and
+``hook_resid_post`` is read at its last token (``icl_mech.activations``); θ(S) is the mean over
+the dummies. All prompts of all sets go through the model in left-padded batches.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import random
 from collections.abc import Sequence
 
 import einops
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_mech import validate
+from icl_mech.activations import read_activations
 from icl_mech.errors import IclMechError
-from icl_mech.evaluation import batches
-from icl_mech.hooks import Capture, points, run
+from icl_mech.hooks import points
 from icl_mech.prompts import Demonstration, ICLPrompt, Task
 from icl_mech.task_vectors.patching import SUFFIX
 from icl_mech.task_vectors.vector import TaskVector, provenance
@@ -32,27 +32,27 @@ def last_token_states(
     batch_size: int = 16,
     progress: bool | str = False,
 ) -> Float[Tensor, "prompt layer d_model"]:
-    """``hook_resid_post`` at each prompt's last token, for the given layers (default: all)."""
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    """``hook_resid_post`` at each prompt's last token, for the given layers (default: all).
+
+    Batches follow the input order (no length sorting), so θ is bit-for-bit what an unsorted
+    batched run gives.
+    """
+    layers = validate.layers(model, layers, "last_token_states layers")
+    validate.count(batch_size, "last_token_states batch_size")
     names = points(model, SUFFIX, layers)
     if not prompts:
         raise IclMechError("last_token_states: no prompts given")
-    states = []
-    for batch in batches(model, prompts, batch_size, progress=progress):
-        capture = Capture(names, positions="last")
-        with torch.no_grad():
-            # the residual after the deepest layer asked for is all we need: stop there
-            run(model, batch, capture, stop_at_layer=max(layers) + 1)
-        states.append(torch.stack([capture.activations[name] for name in names], dim=1))
-    return torch.cat(states)
+    return read_activations(model, prompts, names, "last", batch_size, progress, sort=False)
 
 
 def sample_sets(
     task: Task, n_sets: int, n_demonstrations: int = 5, seed: int = 0
 ) -> list[list[Demonstration]]:
     """``n_sets`` seeded demonstration sets of the task's examples."""
-    if n_demonstrations < 1:
-        raise IclMechError(f"a demonstration set needs at least 1 example, got {n_demonstrations}")
+    validate.count(n_sets, "sample_sets n_sets")
+    validate.count(
+        n_demonstrations, "sample_sets n_demonstrations", hint=" (a set needs at least 1 example)"
+    )
     rng = random.Random(seed)
     return [task.sample_demonstrations(n_demonstrations, rng) for _ in range(n_sets)]
 
@@ -61,8 +61,7 @@ def draw_dummies(
     task: Task, demonstration_sets: DemonstrationSets, n_dummies: int = 2, seed: int = 0
 ) -> list[list[Demonstration]]:
     """Per set, ``n_dummies`` queries of the task that are not among the set's examples."""
-    if n_dummies < 1:
-        raise IclMechError(f"n_dummies must be at least 1, got {n_dummies}")
+    validate.count(n_dummies, "draw_dummies n_dummies")
     rng = random.Random(seed)
     drawn = []
     for demos in demonstration_sets:
@@ -93,7 +92,8 @@ def extract(
     other examples with ``seed``); every set needs the same number of them.
     """
     _check_sets(task, demonstration_sets)
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    layers = validate.layers(model, layers, "extract layers")
+    validate.count(batch_size, "extract batch_size")
     points(model, SUFFIX, layers)
     if dummies is None:
         dummies = draw_dummies(task, demonstration_sets, n_dummies, seed)

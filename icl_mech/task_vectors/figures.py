@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from icl_mech.plotting import figure
 from icl_mech.task_vectors.conflict import ConflictResult
 from icl_mech.task_vectors.evaluate import CONDITIONS, TaskVectorResults
 
@@ -25,7 +25,7 @@ def layer_curves(results: TaskVectorResults, split: str = "dev") -> Figure:
     curves = results.curves_frame()
     curves = curves[curves["split"] == split]
     table = results.to_frame()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = figure(11, 4, 1, 2, sharey=True)
     for ax, (mode, title) in zip(axes, MODES.items()):
         part = curves[curves["mode"] == mode]
         few = part["task"].nunique() <= 6
@@ -43,7 +43,6 @@ def layer_curves(results: TaskVectorResults, split: str = "dev") -> Figure:
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].legend(loc="upper right", fontsize=7)
     fig.suptitle("Task vectors: accuracy per layer")
-    fig.tight_layout()
     return fig
 
 
@@ -55,7 +54,7 @@ def accuracy_bars(results: TaskVectorResults) -> Figure:
     values.loc["mean"] = means
     x = np.arange(len(values))
     width = 0.8 / len(CONDITIONS)
-    fig, ax = plt.subplots(figsize=(max(7, 0.55 * len(values) + 2), 4))
+    fig, ax = figure(max(7, 0.55 * len(values) + 2), 4)
     for i, condition in enumerate(CONDITIONS):
         ax.bar(x + (i - 1.5) * width, values[condition], width, label=LABELS[condition])
     ax.set_xticks(x, values.index, rotation=60, ha="right", fontsize=8)
@@ -63,13 +62,12 @@ def accuracy_bars(results: TaskVectorResults) -> Figure:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8, ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax.set_title("Baseline vs ICL vs task vector", pad=24)
-    fig.tight_layout()
     return fig
 
 
 def conflict_bars(conflicts: Sequence[ConflictResult]) -> Figure:
     """Per task pair and condition: the share of answers following A (demos) or B (vector)."""
-    fig, axes = plt.subplots(1, len(conflicts), figsize=(4 * len(conflicts), 3.6), squeeze=False)
+    fig, axes = figure(4 * len(conflicts), 3.6, 1, len(conflicts), squeeze=False)
     for ax, result in zip(axes[0], conflicts):
         frame = result.to_frame()
         x = np.arange(len(frame))
@@ -80,5 +78,4 @@ def conflict_bars(conflicts: Sequence[ConflictResult]) -> Figure:
         ax.set_title(f"demos of A, vector of B (n={result.n_queries})", fontsize=9)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("share of first tokens")
-    fig.tight_layout()
     return fig

@@ -1,4 +1,4 @@
-"""A task vector is data: θ(S) at every layer, with its provenance, saved as safetensors + JSON.
+"""A task vector is data: θ(S) at every layer, with its provenance (``icl_mech.vectors``).
 
 ``values[s, i]`` is the residual stream (``blocks.{layers[i]}.hook_resid_post``) at the last
 token of demonstration set ``s`` followed by a dummy query, averaged over the dummy queries
@@ -8,30 +8,32 @@ minus the mean zero-shot state (function-vector style), meant to be added.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import attach, points
 from icl_mech.positions import Positions
 from icl_mech.task_vectors.patching import AddToResidual, ReplaceResidual
+from icl_mech.vectors import Vector, model_name, package_version
 
 POINT_SUFFIX = "hook_resid_post"
 Mode = Literal["replace", "add"]
 
 
 @dataclass(repr=False)
-class TaskVector:
-    """θ per demonstration set and layer; ``provenance`` says where it came from."""
+class TaskVector(Vector):
+    """θ per demonstration set and layer; ``provenance`` says where it came from.
+
+    Its ``kind`` is ``provenance["kind"]``: ``"theta"`` (default) or ``"mean-difference"``.
+    """
+
+    KINDS = ("theta", "mean-difference")
+    TENSORS = ("values",)
 
     values: Float[Tensor, "sets layer d_model"]
     layers: tuple[int, ...]
@@ -44,12 +46,25 @@ class TaskVector:
                 f"TaskVector values must have shape [sets, {len(self.layers)} layers, d_model], "
                 f"got {tuple(self.values.shape)}"
             )
+        if self.kind not in self.KINDS:
+            raise IclMechError(
+                f"TaskVector kind must be one of {self.KINDS}, got provenance kind {self.kind!r}"
+            )
+        saved = self.provenance.get("d_model")
+        if saved is not None and int(saved) != self.d_model:
+            raise IclMechError(
+                f"TaskVector values have d_model {self.d_model} but the provenance says {saved}"
+            )
+        super().__post_init__()
+
+    @property
+    def kind(self) -> str:
+        return self.provenance.get("kind", self.KINDS[0])
 
     def __repr__(self) -> str:
-        kind = self.provenance.get("kind", "theta")
         task = self.provenance.get("task", "?")
         return (
-            f"TaskVector(kind={kind!r}, task={task!r}, sets={len(self)}, "
+            f"TaskVector(kind={self.kind!r}, task={task!r}, sets={len(self)}, "
             f"layers={self.layers[0]}..{self.layers[-1]}, d_model={self.d_model})"
         )
 
@@ -95,50 +110,23 @@ class TaskVector:
             return AddToResidual(by_layer, scale, positions)
         raise IclMechError(f"mode must be 'replace' or 'add', got {mode!r}")
 
-    @contextmanager
-    def apply(self, model, layers: int | Sequence[int], mode: Mode = "replace", **options):
-        """``with theta.apply(model, 12): model(tokens)`` — patched for the block's duration."""
-        self.check_fits(model)
-        with attach(model, self.intervention(layers, mode, **options)) as hooked:
-            yield hooked
+    def tensors(self) -> dict[str, Tensor]:
+        return {"values": self.values}
 
-    def check_fits(self, model) -> None:
-        name = getattr(model.cfg, "model_name", type(model).__name__)
-        if self.d_model != model.cfg.d_model:
-            raise IclMechError(
-                f"task vector of width {self.d_model} (from "
-                f"{self.provenance.get('model', 'an unknown model')}) does not fit {name} "
-                f"with d_model {model.cfg.d_model}"
-            )
-        points(model, POINT_SUFFIX, self.layers)
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` and ``<path>.json`` (provenance); returns the former."""
-        tensor_path, json_path = _paths(path)
-        tensor_path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {**self.provenance, "layers": list(self.layers), "d_model": self.d_model}
-        save_file(
-            {"values": self.values.detach().cpu().contiguous()},
-            str(tensor_path),
-            metadata={"provenance": json.dumps(meta)},
-        )
-        json_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        return tensor_path
+    def metadata(self) -> dict:
+        hook_points = [f"blocks.{layer}.{POINT_SUFFIX}" for layer in self.layers]
+        return {
+            "hook_points": hook_points,
+            "positions": "last",
+            **self.provenance,
+            "kind": self.kind,
+            "layers": list(self.layers),
+            "d_model": self.d_model,
+        }
 
     @classmethod
-    def load(cls, path: str | Path, model=None) -> TaskVector:
-        """Read a saved vector; with ``model``, refuse one of another width or depth."""
-        tensor_path, json_path = _paths(path)
-        for needed in (tensor_path, json_path):
-            if not needed.is_file():
-                raise IclMechError(f"task vector file {needed} does not exist")
-        meta = json.loads(json_path.read_text())
-        values = load_file(str(tensor_path))["values"]
-        vector = cls(values, tuple(meta["layers"]), meta)
-        if model is not None:
-            vector.check_fits(model)
-            vector.values = vector.values.to(model.cfg.device, model.cfg.dtype)
-        return vector
+    def from_data(cls, tensors: dict[str, Tensor], provenance: dict) -> TaskVector:
+        return cls(tensors["values"], tuple(provenance["layers"]), provenance)
 
     def _rows_at(self, layer: int) -> Float[Tensor, "*sets d_model"]:
         """``[d_model]`` for a single set (shared by every row), else ``[sets, d_model]``."""
@@ -146,18 +134,10 @@ class TaskVector:
         return rows[0] if len(self) == 1 else rows
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
-
-
 def provenance(model, task, layers: Sequence[int], seed: int, **extra) -> dict:
     """What a saved vector needs to say about its origin."""
-    import icl_mech
-
     return {
-        "model": getattr(model.cfg, "model_name", type(model).__name__),
+        "model": model_name(model),
         "d_model": model.cfg.d_model,
         "n_layers": model.cfg.n_layers,
         "hook_points": [f"blocks.{layer}.{POINT_SUFFIX}" for layer in layers],
@@ -167,6 +147,6 @@ def provenance(model, task, layers: Sequence[int], seed: int, **extra) -> dict:
         "answer_prefix": task.answer_prefix,
         "separator": task.separator,
         "seed": seed,
-        "icl_mech_version": icl_mech.__version__,
+        "icl_mech_version": package_version(),
         **extra,
     }

@@ -1,11 +1,9 @@
-"""Reproduce the applications of "Label words are anchors" (Wang et al. 2023, section 3):
-Table 1 (anchor re-weighting), Table 2 (compression loyalty and accuracy), Table 3 (speed-up)
-and the anchor-distance diagnosis (Figure 6). ``run`` writes tables and figures, returns numbers.
-"""
+"""Tables 2 and 3 of "Label words are anchors" (Wang et al. 2023): loyalty and accuracy of
+context compression (Text_anchor, Hidden_random, Hidden_random-top, Hidden_anchor against the
+full prompt), and the time per query of Hidden_anchor against the full prompt."""
 
 from __future__ import annotations
 
-import pathlib
 import random
 import statistics
 import time
@@ -16,10 +14,8 @@ import pandas as pd
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from icl_mech import tasks as bundled
-from icl_mech.anchors import app_figures as figures
 from icl_mech.anchors.compression import (
     ANCHOR_ROLES,
     ContextCache,
@@ -28,23 +24,20 @@ from icl_mech.anchors.compression import (
     answer,
     encode_shared,
 )
-from icl_mech.anchors.diagnosis import Diagnosis, diagnose
 from icl_mech.anchors.loyalty import label_loyalty, top_k_jaccard
 from icl_mech.anchors.readout import target_logits
-from icl_mech.anchors.reweighting import ReweightingTable, reweighting_experiment
+from icl_mech.batching import index_batches
 from icl_mech.errors import IclMechError
-from icl_mech.models import torch_threads
 from icl_mech.prompts import ROLES, ICLPrompt, PromptBatch, Task
 
-PREFIX = "anchor_apps_"
 METHODS = ("ICL", "Text_anchor", "Hidden_random", "Hidden_random-top", "Hidden_anchor")
 
 
 def answer_all(model, cache: ContextCache, queries: Tokens, batch_size: int = 16) -> torch.Tensor:
     """Logits [n, vocab] at the last token of every query, in batches, without gradients."""
     with torch.no_grad():
-        parts = torch.arange(len(queries)).split(batch_size)
-        return torch.cat([answer(model, cache, queries.take(index)) for index in parts])
+        parts = index_batches(len(queries), batch_size)
+        return torch.cat([answer(model, cache, queries.take(torch.tensor(i))) for i in parts])
 
 
 def one_demonstration_each(task: Task, n_test: int, seed: int) -> list[ICLPrompt]:
@@ -189,99 +182,3 @@ def time_per_query(
         query_tokens=float(queries.attention_mask.sum(1).float().mean()),
         kept=float(compressed.kept[0]),
     )
-
-
-TRAINING = ("epochs", "lr", "batch_size", "aux_per_class", "anchors")
-SPEED = ("full_seconds", "anchor_seconds", "speedup")
-QUICK = dict(
-    tasks=("sentiment",), n_test=16, seeds=1, epochs=2, n_draws=2, timing_queries=3, rounds=1,
-    diagnosis_tasks=("question_type",), diagnosis_queries=24, scan=False,
-)  # fmt: skip
-FULL = dict(
-    tasks=tuple(bundled.names("classification")), n_test=64, seeds=2, epochs=10, n_draws=10,
-    timing_queries=8, rounds=3, diagnosis_tasks=("question_type", "topic", "emotion"),
-    diagnosis_queries=120, scan=True,
-)  # fmt: skip
-
-
-def run(model, out_dir: pathlib.Path, quick: bool = False, seed: int = 0, **options) -> dict:
-    """Tables 1-3 and the diagnosis on ``model``; options override ``QUICK``/``FULL`` keys and
-    the training keywords of ``train_beta`` (lr, batch_size, aux_per_class, anchors)."""
-    unknown = sorted(set(options) - set(QUICK) - set(TRAINING) - {"progress", "threads"})
-    if unknown:
-        raise IclMechError(f"unknown options {unknown}; known: {sorted(QUICK) + list(TRAINING)}")
-    settings = {**(QUICK if quick else FULL), **options}
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    task_list = [bundled.load(name) for name in settings.pop("tasks")]
-    seeds = [seed + i for i in range(settings.pop("seeds"))]
-    progress = settings.pop("progress", True)
-    with torch_threads(settings.pop("threads", 1)):
-        training = {k: settings[k] for k in TRAINING if k in settings}
-        table1 = reweighting_experiment(
-            model, task_list, settings["n_test"], seeds, progress=progress, **training
-        )
-        table2 = compression_experiment(
-            model, task_list, settings["n_test"], seeds, n_draws=settings["n_draws"],
-            progress=progress,
-        )  # fmt: skip
-        table3 = pd.DataFrame([speedups(model, task, settings, seed) for task in task_list])
-        diagnoses = [
-            diagnose(model, task, *demos_and_queries(task, settings["diagnosis_queries"], seed),
-                     scan=settings["scan"])
-            for task in map(bundled.load, settings["diagnosis_tasks"])
-        ]  # fmt: skip
-    write(out_dir, table1, table2, table3, diagnoses)
-    return headline(table1, table2, table3, diagnoses)
-
-
-def speedups(model, task: Task, settings: dict, seed: int) -> dict:
-    """Table 3 row: time per query with logits at q, and with logits at every token."""
-    prompts = one_demonstration_each(task, settings["timing_queries"], seed)
-    at_q = time_per_query(model, prompts, settings["rounds"])
-    every = time_per_query(model, prompts, settings["rounds"], every_position=True)
-    return {"task": task.name} | at_q | {f"{k}_every_position": every[k] for k in SPEED}
-
-
-def demos_and_queries(task: Task, n: int, seed: int) -> tuple[list, list]:
-    pool, test = task.split(n, seed)
-    return pool.sample_demonstrations(1, random.Random(seed)), list(test.examples)
-
-
-def write(out_dir, table1: ReweightingTable, table2, table3, diagnoses: list[Diagnosis]) -> None:
-    tables = {
-        "table1_reweighting": table1.table(),
-        "table2_compression": table2.table(),
-        "table2_compression_by_task": table2.table(by_task=True),
-        "table3_speedup": table3.set_index("task").round(4),
-        "diagnosis": pd.concat([d.to_frame() for d in diagnoses]),
-    }
-    for name, frame in tables.items():
-        frame.to_csv(out_dir / f"{PREFIX}{name}.csv")
-        (out_dir / f"{PREFIX}{name}.md").write_text(figures.markdown(frame))
-    drawn = {
-        "reweighting": figures.reweighting_figure(table1),
-        "compression": figures.compression_figure(table2),
-        "speedup": figures.speedup_figure(table3.set_index("task")),
-        "diagnosis": figures.diagnosis_figure(diagnoses),
-    }
-    for name, figure in drawn.items():
-        figure.savefig(out_dir / f"{PREFIX}{name}.png", dpi=120, bbox_inches="tight")
-
-
-def headline(table1: ReweightingTable, table2, table3, diagnoses: list[Diagnosis]) -> dict:
-    average = table1.table().loc["average"]
-    compressed = table2.table()
-    out = {f"table1_{k.replace(' ', '_')}": float(v) for k, v in average.items()}
-    out["table1_gain"] = float(average["re-weighted 1-shot"] - average["vanilla 1-shot"])
-    for method in METHODS:
-        for metric, value in compressed.loc[method].items():
-            out[f"table2_{method}_{metric}"] = float(value)
-    for row in table3.itertuples():
-        out[f"table3_speedup_{row.task}"] = float(row.speedup)
-        out[f"table3_speedup_every_position_{row.task}"] = float(row.speedup_every_position)
-    for d in diagnoses:
-        out[f"diagnosis_{d.task}_correlation"] = d.correlation
-        out[f"diagnosis_{d.task}_most_confused_actual"] = "/".join(d.most_confused("actual"))
-        out[f"diagnosis_{d.task}_most_confused_predicted"] = "/".join(d.most_confused("predicted"))
-    return out

@@ -1,0 +1,133 @@
+"""One settings style for every reproduction: a frozen dataclass whose field defaults are the
+full (paper-scale) run, with ``quick()`` / ``full()``, checked in ``__post_init__`` before any
+model work, and each field parsed from its command-line text by its type."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from icl_mech import validate
+from icl_mech.errors import IclMechError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Knobs of one reproduction. Field defaults are the full (paper-scale) run; ``quick()``
+    shrinks them. Subclasses validate in ``check()``, called by ``__post_init__``."""
+
+    QUICK: ClassVar[dict[str, Any]] = {}
+    seed: int = 0
+    threads: int | None = 1  # intra-op CPU threads during the run; None leaves torch's setting
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise IclMechError(f"threads must be at least 1 (or None), got {self.threads}")
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``IclMechError`` for a bad value (before any model work)."""
+
+    @classmethod
+    def full(cls, **overrides) -> Settings:
+        return cls().replace(**overrides)
+
+    @classmethod
+    def quick(cls, **overrides) -> Settings:
+        return cls(**cls.QUICK).replace(**overrides)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def replace(self, **overrides) -> Settings:
+        unknown = sorted(set(overrides) - set(self.keys()))
+        if unknown:
+            raise IclMechError(
+                f"{_label(type(self))}: unknown setting(s) {unknown}; "
+                f"valid: {', '.join(self.keys())}"
+            )
+        return dataclasses.replace(self, **overrides) if overrides else self
+
+    @classmethod
+    def parse(cls, key: str, text: str) -> Any:
+        """The value of ``key`` from its command-line text (``"8"``, ``"a,b"``, ``"a:b,c:d"``)."""
+        if key not in cls.keys():
+            raise IclMechError(
+                f"{_label(cls)}: unknown setting {key!r}; valid: {', '.join(cls.keys())}"
+            )
+        hint = typing.get_type_hints(cls)[key]
+        try:
+            return _parse(hint, text.strip())
+        except (TypeError, ValueError) as error:
+            raise IclMechError(
+                f"{_label(cls)}: setting {key}={text!r} is not a valid {_type_name(hint)} ({error})"
+            ) from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: _lists(v) for k, v in self.__dict__.items()}
+
+
+def _lists(value):
+    return [_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _label(cls: type) -> str:
+    return f"{cls.__module__.rsplit('.', 2)[-2]} settings"
+
+
+def _parse(hint, text: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and text.lower() in ("none", ""):
+            return None
+        return _parse(next(a for a in args if a is not type(None)), text)
+    if origin is tuple:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if args[-1] is Ellipsis:
+            return tuple(_parse(args[0], item) for item in items)
+        parts = text.split(":")
+        if len(parts) != len(args):
+            raise ValueError(f"expected {len(args)} parts separated by ':'")
+        return tuple(_parse(a, p.strip()) for a, p in zip(args, parts))
+    if hint is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if typing.get_origin(hint) is typing.Literal:
+        if text not in args:
+            raise ValueError(f"expected one of {list(args)}")
+        return text
+    return hint(text)
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def positive(settings: Settings, *names: str, allow_zero: bool = False) -> None:
+    """Each named integer setting is >= 1 (>= 0 with ``allow_zero``)."""
+    for name in names:
+        validate.count(getattr(settings, name), f"{_label(type(settings))}: {name}",
+                       minimum=0 if allow_zero else 1)  # fmt: skip
+
+
+def one_of(settings: Settings, name: str, options) -> None:
+    validate.choice(getattr(settings, name), f"{_label(type(settings))}: {name}", list(options))
+
+
+def known(settings: Settings, name: str, available) -> None:
+    """Every name in the tuple setting ``name`` is among ``available``."""
+    values, available = getattr(settings, name), list(available)
+    if not values:
+        raise IclMechError(f"{_label(type(settings))}: {name} is empty; choose from {available}")
+    unknown = [v for v in values if v not in available]
+    if unknown:
+        raise IclMechError(
+            f"{_label(type(settings))}: unknown {name} {unknown}; choose from {available}"
+        )
