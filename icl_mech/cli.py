@@ -192,13 +192,13 @@ def demo(args) -> int:
     plans = {} if args.only_accuracy else _plans(list(NAMES), [], True, seed)
     model = _model(args.model)
     results = []
-    print(f"{'task':15s} {'0-shot':>7s} {'1-shot/class':>13s}  (64 held-out queries)")
+    print(f"{'task':15s} {'0-shot':>18s} {'1-shot/class':>18s}  (64 held-out queries, 95% CI)")
     for name in DEMO_TASKS:
         zero, few = (
             icl_accuracy(model, tasks.load(name), shots=s, n_queries=64, seed=seed) for s in (0, 1)
         )
         results += [zero, few]
-        print(f"{name:15s} {zero.accuracy:7.3f} {few.accuracy:13.3f}", flush=True)
+        print(f"{name:15s} {zero.estimate()!s:>18s} {few.estimate()!s:>18s}", flush=True)
     figure = plotting.accuracy_figure(results, model.cfg.model_name)
     print(f"wrote {plotting.save_figure(figure, out, 'icl_accuracy')}")
     return _run(plans, model, {name: out for name in plans})

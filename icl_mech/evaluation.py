@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from icl_mech import validate
+from icl_mech import stats, validate
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import run
@@ -18,7 +18,9 @@ from icl_mech.prompts import ICLPrompt, PromptBatch, Task
 
 def build_prompts(task: Task, shots: int, queries: Sequence, seed: int = 0) -> list[ICLPrompt]:
     """One prompt per query; ``shots`` demonstrations per class (or in all, for io tasks),
-    drawn from the task's examples other than the query. ``shots=0`` gives zero-shot prompts."""
+    drawn from the task's examples that do not give the query away (``Task.leaks``: not the
+    query, not its other direction, no example showing its input or, where answers do not
+    repeat, its answer). ``shots=0`` gives zero-shot prompts."""
     shots = validate.count(shots, "shots", minimum=0)
     rng = random.Random(seed)
     if shots == 0:
@@ -70,6 +72,11 @@ class AccuracyResult:
     @property
     def accuracy(self) -> float:
         return sum(g == p for g, p in zip(self.gold, self.predicted)) / len(self.gold)
+
+    def estimate(self) -> stats.Estimate:
+        """Accuracy with a 95% bootstrap interval over the queries (``str`` gives
+        ``0.75 [0.64, 0.86]``)."""
+        return stats.bootstrap([float(g == p) for g, p in zip(self.gold, self.predicted)])
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(

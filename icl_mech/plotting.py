@@ -37,14 +37,22 @@ def grouped_bars(
     fmt: str = "%.2f",
     chance: dict[str, float] | None = None,
     rotation: int = 0,
+    errors: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> None:
     """One group per row of ``frame``, one bar per column, value labels on the bars;
-    ``chance``: a dotted tick per group."""
+    ``chance``: a dotted tick per group; ``errors``: (low, high) frames shaped like ``frame``
+    (interval bounds, not distances), drawn as whiskers."""
     width = 0.8 / len(frame.columns)
     x = np.arange(len(frame.index))
     for i, column in enumerate(frame.columns):
         offset = (i - (len(frame.columns) - 1) / 2) * width
-        bars = ax.bar(x + offset, frame[column], width, label=str(column))
+        yerr = None
+        if errors is not None:
+            low, high = (np.asarray(e[column], dtype=float) for e in errors)
+            value = np.asarray(frame[column], dtype=float)
+            yerr = np.clip(np.stack([value - low, high - value]), 0, None)
+        bars = ax.bar(x + offset, frame[column], width, label=str(column), yerr=yerr,
+                      error_kw=dict(elinewidth=0.8, capsize=2, ecolor="0.25"))  # fmt: skip
         ax.bar_label(bars, fmt=fmt, fontsize=7)
     for i, group in enumerate(frame.index):
         if chance and group in chance:
@@ -56,13 +64,22 @@ def grouped_bars(
 
 
 def accuracy_figure(results: Sequence, model_name: str) -> Figure:
-    """Zero-shot vs few-shot accuracy per task (dotted: chance)."""
-    frame = pd.DataFrame(
-        [{"task": r.task, "setting": f"{r.shots}-shot", "accuracy": r.accuracy} for r in results]
-    ).pivot_table("accuracy", "task", "setting", sort=False)
+    """Zero-shot vs few-shot accuracy per task (dotted: chance; whiskers: 95% bootstrap
+    interval over the queries)."""
+    rows = []
+    for r in results:
+        estimate = r.estimate()
+        rows.append({"task": r.task, "setting": f"{r.shots}-shot"} | estimate.as_dict("accuracy"))
+    long = pd.DataFrame(rows)
+
+    def table(column):
+        return long.pivot_table(column, "task", "setting", sort=False)
+
+    frame = table("accuracy")
     chance = {r.task: 1 / r.n_classes for r in results if r.n_classes}
     fig, ax = figure(1.6 + 1.4 * len(frame), 3.6)
-    grouped_bars(ax, frame, "accuracy", chance=chance)
+    errors = (table("accuracy_low"), table("accuracy_high"))
+    grouped_bars(ax, frame, "accuracy", chance=chance, errors=errors)
     ax.set_ylim(0, 1.05)
     ax.set_title(f"In-context learning accuracy, {model_name}")
     return fig

@@ -52,6 +52,19 @@ class PromptBatch:
     class_token_ids: Int[Tensor, " n_classes"] | None
     demo_labels: list[list[int]] = field(default_factory=list)  # class index per demonstration
     made_for: dict | None = None  # validate.model_signature of the model it was tokenised for
+    pieces: list[list[str]] = field(default_factory=list)  # per row and position: its text
+
+    def __repr__(self) -> str:
+        task = self.prompts[0].task
+        classes = f", classes={list(task.classes)}" if task.classes else ""
+        return (
+            f"PromptBatch({len(self)} prompts x {self.seq_len} tokens, task={task.name!r}{classes})"
+        )
+
+    def _repr_html_(self) -> str:
+        from icl_mech.show.tokens import prompt_html
+
+        return prompt_html(self, rows=range(min(len(self), 4)), title=repr(self))
 
     @classmethod
     def from_prompts(
@@ -69,13 +82,14 @@ class PromptBatch:
             )
         class_ids = class_token_ids(tokenizer, task) if task.is_classification else None
         encoded = [_encode(tokenizer, p, prepend_bos) for p in prompts]
-        ids, token_roles, token_demos = zip(*encoded)
+        ids, token_roles, token_demos, pieces = zip(*encoded)
         tokens, mask = pad_tokens(model, ids, "prompt")  # the one pad rule (icl_mech.batching)
         roles = left_pad_rows(token_roles, ROLES.index("pad"))
         demo_index = left_pad_rows(token_demos, NO_DEMO)
         rows = [_row_positions(roles[b], demo_index[b], p) for b, p in enumerate(prompts)]
         batch = cls(list(prompts), tokens, mask, roles, demo_index, rows, class_ids)
         batch.made_for = validate.model_signature(model)
+        batch.pieces = [[""] * (batch.seq_len - len(p)) + list(p) for p in pieces]
         if class_ids is not None:
             batch.demo_labels = [_demo_classes(p) for p in prompts]
             batch._check_label_tokens()
@@ -160,7 +174,7 @@ def class_token_ids(tokenizer, task: Task) -> Int[Tensor, " n_classes"]:
 
 
 def _encode(tokenizer, prompt: ICLPrompt, prepend_bos: bool):
-    """Token ids with, per token, its role code and demonstration index."""
+    """Token ids with, per token, its role code, demonstration index and text."""
     text = prompt.text
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
@@ -168,6 +182,7 @@ def _encode(tokenizer, prompt: ICLPrompt, prepend_bos: bool):
     for index, segment in enumerate(prompt.segments):
         char_segment += [index] * len(segment.text)
     token_roles, token_demos = [], []
+    pieces = [text[start:end] for start, end in offsets]
     for start, end in offsets:
         segment = prompt.segments[char_segment[min(start, len(text) - 1)]]
         inside = {char_segment[min(c, len(text) - 1)] for c in range(start, max(end, start + 1))}
@@ -185,7 +200,8 @@ def _encode(tokenizer, prompt: ICLPrompt, prepend_bos: bool):
         ids = [tokenizer.bos_token_id] + ids
         token_roles = [ROLES.index("bos")] + token_roles
         token_demos = [NO_DEMO] + token_demos
-    return ids, token_roles, token_demos
+        pieces = ["<bos>"] + pieces
+    return ids, token_roles, token_demos, pieces
 
 
 def _row_positions(roles: Tensor, demos: Tensor, prompt: ICLPrompt) -> RowPositions:

@@ -96,62 +96,137 @@ class Task:
             groups.setdefault(example.y, []).append(example)
         return groups
 
+    @property
+    def answers_repeat(self) -> bool:
+        """Whether several examples share an answer: a classification task, or an io task whose
+        outputs form a label set (continents, letters, countries). Then a demonstration may show
+        the query's answer, as it shows every label; in a one-to-one task (antonyms,
+        translations, capitals) that would give the answer away."""
+        return self.classes is not None or len({e.y for e in self.examples}) < len(self.examples)
+
+    def leaks(self, example: Demonstration, query: Demonstration | str) -> bool:
+        """Whether showing ``example`` next to ``query`` gives the query away: it is the query,
+        it shares the query's input, its input or output is the query's answer or input (the
+        reverse direction of a pair, or a neighbour in a chain such as next letter), or (unless
+        ``answers_repeat``) its output is the query's answer. A string query has no answer."""
+        x, y = (query.x, query.y) if isinstance(query, Demonstration) else (query, None)
+        if example.x == x or example.y == x or (y is not None and example.x == y):
+            return True
+        return y is not None and example.y == y and not self.answers_repeat
+
+    def groups(self) -> list[list[Demonstration]]:
+        """The examples in groups that a split never separates: the same input, or the two
+        directions of a pair (x → y and y → x: split by unordered pair). In example order."""
+        parent = list(range(len(self.examples)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        first: dict = {}
+        for i, e in enumerate(self.examples):
+            keys = [("x", e.x)] if self.classes is not None else [("x", e.x), frozenset((e.x, e.y))]
+            for key in keys:
+                if key in first:
+                    parent[root(i)] = root(first[key])
+                else:
+                    first[key] = i
+        grouped: dict[int, list[Demonstration]] = {}
+        for i, e in enumerate(self.examples):
+            grouped.setdefault(root(i), []).append(e)
+        return list(grouped.values())
+
     def split(self, n_test: int, seed: int = 0) -> tuple["Task", "Task"]:
         """(pool, test): a seeded shuffle; the test part is class-balanced when possible.
 
-        Exactly ``n_test`` test examples; when a class runs out before that, the rest come from
-        the other classes and an ``IclMechWarning`` says the test part is not balanced.
+        Exactly ``n_test`` test examples (more than the task has is an ``IclMechError`` naming
+        the shortfall); when a class runs out before that, the rest come from the other classes
+        and an ``IclMechWarning`` says the test part is not balanced. The two directions of a
+        pair (x → y, y → x) and examples with the same input land in the same part (``groups``):
+        when only whole groups would overshoot ``n_test``, one member goes to the test part and
+        its group's other members to neither part.
         """
-        n_test = validate.count(
-            n_test, f"task {self.name!r}: split n_test", maximum=len(self.examples)
-        )
+        n = len(self.examples)
+        if validate.is_integer(n_test) and n_test > n:
+            raise IclMechError(
+                f"task {self.name!r}: split(n_test={n_test}) asks for {n_test - n} more test "
+                f"examples than the task's {n}"
+            )
+        n_test = validate.count(n_test, f"task {self.name!r}: split n_test", maximum=n)
         order = list(self.examples)
         random.Random(seed).shuffle(order)
         if self.classes is None:
-            test, pool = order[:n_test], order[n_test:]
+            chosen = order
         else:
-            rank = {id(e): i for i, e in enumerate(order)}
             per_class = {c: [e for e in order if e.y == c] for c in self.classes}
-            interleaved = [e for group in zip(*per_class.values()) for e in group]
-            if n_test > len(interleaved):
+            chosen = [e for group in zip(*per_class.values()) for e in group]
+            if n_test > len(chosen):
                 validate.warn(
                     f"task {self.name!r}: split({n_test}) is not class-balanced: the smallest "
                     f"class has {min(map(len, per_class.values()))} examples, so the test part "
-                    f"is balanced up to {len(interleaved)} and takes the rest from larger classes"
+                    f"is balanced up to {len(chosen)} and takes the rest from larger classes"
                 )
-                balanced = {id(e) for e in interleaved}
-                interleaved += [e for e in order if id(e) not in balanced]
-            test = interleaved[:n_test]
-            taken = {id(e) for e in test}
-            pool = sorted((e for e in order if id(e) not in taken), key=lambda e: rank[id(e)])
+                balanced = {id(e) for e in chosen}
+                chosen += [e for e in order if id(e) not in balanced]
+        group_of = {id(e): k for k, group in enumerate(self.groups()) for e in group}
+        size = {k: 0 for k in set(group_of.values())}
+        for e in self.examples:
+            size[group_of[id(e)]] += 1
+        members: dict[int, list[Demonstration]] = {}
+        for e in chosen:
+            members.setdefault(group_of[id(e)], []).append(e)
+        test: list[Demonstration] = []
+        used: set[int] = set()
+        for fits_only in (True, False):  # whole groups first, then one member of a group
+            for e in chosen:
+                k = group_of[id(e)]
+                if len(test) == n_test:
+                    break
+                if k not in used and (size[k] <= n_test - len(test) or not fits_only):
+                    test += members[k][: n_test - len(test)]
+                    used.add(k)
+        pool = [e for e in order if group_of[id(e)] not in used]
+        if len(test) != n_test:  # cannot happen: every group has at least one member
+            raise IclMechError(f"task {self.name!r}: split found {len(test)} of {n_test}")
         return self.with_examples(pool), self.with_examples(test)
 
     def with_examples(self, examples: Sequence[Demonstration]) -> "Task":
         return dataclasses.replace(self, examples=tuple(examples))
 
     def sample_demonstrations(
-        self, n: int, rng: random.Random, exclude: Demonstration | None = None
+        self, n: int, rng: random.Random, exclude: Demonstration | str | None = None
     ) -> list[Demonstration]:
-        """``n`` per class for classification tasks (then shuffled), else ``n`` in all."""
+        """``n`` per class for classification tasks (then shuffled), else ``n`` in all.
+
+        ``exclude`` (the query) removes every example that would give it away (``leaks``): the
+        query itself, its other direction, any example showing its input, and, where answers do
+        not repeat, any example showing its answer.
+        """
         n = validate.count(
             n,
             f"task {self.name!r}: sample_demonstrations n",
             hint=" (for a prompt without any, ICLPrompt.zero_shot)",
         )
+        allowed = [e for e in self.examples if exclude is None or not self.leaks(e, exclude)]
+        left_out = len(self.examples) - len(allowed)
+        why = f" ({left_out} left out as they would give away the query {exclude!r})"
         if self.classes is None:
-            pool = [e for e in self.examples if e != exclude]
-            if len(pool) < n:
+            if len(allowed) < n:
                 raise IclMechError(
-                    f"task {self.name!r}: {n} demonstrations asked, {len(pool)} available"
+                    f"task {self.name!r}: {n} demonstrations asked, {len(allowed)} available"
+                    + (why if left_out else "")
                 )
-            return rng.sample(pool, n)
+            return rng.sample(allowed, n)
         chosen: list[Demonstration] = []
-        for label, group in self.by_class().items():
-            pool = [e for e in group if e != exclude]
+        by_class = self.with_examples(allowed).by_class()
+        for label in self.classes:
+            pool = by_class[label]
             if len(pool) < n:
                 raise IclMechError(
                     f"task {self.name!r}: {n} demonstrations of class "
-                    f"{label!r} asked, {len(pool)} available"
+                    f"{label!r} asked, {len(pool)} available" + (why if left_out else "")
                 )
             chosen.extend(rng.sample(pool, n))
         rng.shuffle(chosen)

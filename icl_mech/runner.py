@@ -12,7 +12,6 @@ report's JSON (settings, headline, model, package version) and the printed summa
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import platform
 import time
@@ -25,6 +24,7 @@ import pandas as pd
 from icl_mech import validate
 from icl_mech.errors import IclMechError
 from icl_mech.settings import Settings
+from icl_mech.vectors import dumps
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Report:
         for name, figure in self.figures.items():
             paths.append(save_figure(figure, out, prefix + name))
         paths.append(out / f"{prefix}report.json")
-        paths[-1].write_text(json.dumps(_plain(self.record()), indent=1, allow_nan=False) + "\n")
+        paths[-1].write_text(dumps(self.record(), indent=1) + "\n")
         return paths
 
     def record(self) -> dict[str, Any]:
@@ -72,7 +72,9 @@ class Report:
         """A short two-column table of the headline numbers."""
         rows = list(flatten(self.headline).items())
         width = max((len(k) for k, _ in rows), default=0)
-        mode = "quick" if self.settings == type(self.settings).quick() else "settings as given"
+        cls = type(self.settings)
+        modes = {cls.quick(): "quick", cls.full(): "full"}
+        mode = modes.get(self.settings, "custom settings")
         head = f"{self.name} on {self.model or 'no language model'} ({mode}, {self.seconds:.0f} s)"
         return "\n".join([head] + [f"  {k:<{width}}  {_cell(v)}" for k, v in rows])
 
@@ -84,11 +86,14 @@ class Report:
 
 
 def write_table(frame: pd.DataFrame, out: Path, name: str) -> list[Path]:
-    """One table as ``<name>.csv`` (full precision) and ``<name>.md`` (4 significant digits)."""
+    """One table as ``<name>.csv`` (full precision) and ``<name>.md`` (4 significant digits,
+    without the ``*_low``/``*_high`` bound columns: tables carry intervals as text there)."""
     keep_index = not isinstance(frame.index, pd.RangeIndex)
     csv, md = out / f"{name}.csv", out / f"{name}.md"
     frame.to_csv(csv, index=keep_index)
-    md.write_text(markdown(frame.reset_index() if keep_index else frame))
+    shown = frame.reset_index() if keep_index else frame
+    bounds = [c for c in shown.columns if str(c).endswith(("_low", "_high"))]
+    md.write_text(markdown(shown.drop(columns=bounds)))  # the CSV keeps the interval bounds
     return [csv, md]
 
 
@@ -121,21 +126,6 @@ def flatten(values: dict, sep: str = " / ", prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def _plain(value):
-    """JSON-safe: tuples → lists, NaN/inf → None, numpy scalars → Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (int, float, str, bool, type(None))):
-        return value
-    return str(value)
 
 
 def writable_folder(out: str | Path) -> Path:

@@ -165,3 +165,113 @@ def with_intervals(frame: pd.DataFrame, value: str, digits: int = 2) -> pd.Serie
         ),
         axis=1,
     )
+
+
+def resample_weights(
+    n: int,
+    clusters: Sequence | None = None,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> tuple[np.ndarray, int]:
+    """How often each observation is drawn, per resample: ``[n_resamples, n]`` counts (a unit's
+    observations share its count) and the number of units. The draws are those of
+    ``bootstrap`` and ``bootstrap_statistic`` with the same seed, so a statistic computed from
+    weights (vectorised) resamples exactly what they resample."""
+    if n < 1:
+        raise IclMechError("resample_weights: no observations given")
+    if clusters is None:
+        labels = np.arange(n)
+    else:
+        labels = np.asarray(pd.factorize(pd.Series(list(clusters)))[0])
+        if labels.shape[0] != n:
+            raise IclMechError(f"resample_weights: {n} observations but {labels.shape[0]} labels")
+    n_units = int(labels.max()) + 1
+    index = _draws(n_units, n_resamples, seed)
+    counts = np.zeros((n_resamples, n_units))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], index), 1.0)
+    return counts[:, labels], n_units
+
+
+def from_resamples(
+    point: float, resampled: np.ndarray, n: int, confidence: float = CONFIDENCE
+) -> Estimate:
+    """A percentile interval from already resampled statistics (NaN draws left out)."""
+    resampled = np.asarray(resampled, dtype=float)
+    if math.isnan(point) or np.isnan(resampled).all():
+        return Estimate(float(point), math.nan, math.nan, n, confidence)
+    return _interval(point, resampled, n, confidence)
+
+
+def bootstrap_columns(
+    values: np.ndarray,
+    clusters: Sequence | None = None,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``bootstrap`` of every column of ``values`` ``[n, ...]`` at once, NaN observations left
+    out per column (as ``nanmean``): (mean, low, high, units), each of shape ``values.shape[1:]``.
+    One set of draws serves all columns."""
+    values = np.asarray(values, dtype=float)
+    shape = values.shape[1:]
+    flat = values.reshape(len(values), -1)
+    weights, n_units = resample_weights(len(flat), clusters, n_resamples=n_resamples, seed=seed)
+    present = ~np.isnan(flat)
+    sums, counts = weights @ np.where(present, flat, 0.0), weights @ present.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resampled = sums / counts
+        point = np.where(present, flat, 0.0).sum(0) / present.sum(0)
+    tail = (1 - confidence) / 2 * 100
+    with np.errstate(invalid="ignore"):
+        low, high = np.full(flat.shape[1], np.nan), np.full(flat.shape[1], np.nan)
+        for j in np.flatnonzero(~np.isnan(resampled).all(0)):
+            low[j], high[j] = np.nanpercentile(resampled[:, j], [tail, 100 - tail])
+    return point.reshape(shape), low.reshape(shape), high.reshape(shape), n_units
+
+
+def stratified(
+    values: Sequence[float] | np.ndarray,
+    strata: Sequence,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> Estimate:
+    """The unweighted mean over strata (e.g. tasks) of each stratum's mean, with a stratified
+    bootstrap: observations (queries) are resampled within their stratum, the strata are kept
+    fixed. The interval is conditional on the strata chosen (the task set), and covers the
+    sampling of observations within them. ``n`` counts observations."""
+    return from_resamples(
+        *stratified_resamples(values, strata, n_resamples=n_resamples, seed=seed),
+        len(np.asarray(values).reshape(-1)),
+        confidence,
+    )
+
+
+def stratified_resamples(
+    values: Sequence[float] | np.ndarray,
+    strata: Sequence,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, np.ndarray]:
+    """(point, ``[n_resamples]`` resampled means over strata) of ``stratified``; the same seed
+    resamples the same observations, so the resamples of paired quantities (two conditions on
+    the same queries) can be combined (differences, ratios)."""
+    values = np.asarray(values, dtype=float).reshape(-1)
+    labels = np.asarray(pd.factorize(pd.Series(list(strata)))[0])
+    if labels.shape[0] != values.shape[0] or values.size == 0:
+        raise IclMechError(
+            f"stratified: {values.shape[0]} observations and {labels.shape[0]} strata labels"
+        )
+    if np.isnan(values).any():
+        raise IclMechError("stratified: NaN observations")
+    rng = np.random.default_rng(seed)
+    means, resampled = [], []
+    for k in range(labels.max() + 1):
+        part = values[labels == k]
+        means.append(part.mean())
+        resampled.append(part[rng.integers(0, len(part), (n_resamples, len(part)))].mean(1))
+    return float(np.mean(means)), np.mean(resampled, axis=0)

@@ -14,12 +14,24 @@ from icl_mech.anchors.compression import (
     encode_shared,
     split_prompts,
 )
-from icl_mech.anchors.compression_experiment import random_keep, text_anchor
+from icl_mech.anchors.compression_experiment import (
+    METHODS,
+    SELECTED,
+    VARIANTS,
+    CompressionTable,
+    _query,
+    compare_methods,
+    one_demonstration_each,
+    random_keep,
+    split_for_compression,
+    text_anchor,
+)
 from icl_mech.anchors.readout import target_logits
 from icl_mech.evaluation import build_prompts
 from icl_mech.hooks import points
 from icl_mech.models import torch_threads
 from icl_mech.prompts import ROLES, ICLPrompt
+from icl_mech.stats import bootstrap
 
 
 @pytest.fixture(autouse=True)
@@ -177,3 +189,94 @@ def test_continue_positions_is_a_catalogued_kind():
     item = make("continue-positions", start=torch.tensor([5]), gap=torch.tensor([2]),
                 query_mask=torch.ones(1, 3))  # fmt: skip
     assert isinstance(item, ContinuePositions) and "gap=Tensor[1]" in repr(item)
+
+
+def test_keeping_everything_is_the_full_prompt_and_dropping_the_label_words_is_not(tiny_llama):
+    task = tasks.load("sentiment")
+    prompts = one_demonstration_each(task, 4, seed=0)
+    cache, queries, batch = encode_shared(tiny_llama, prompts)
+    label = cache.roles == ROLES.index("label")
+    anchors = anchor_keep(cache)
+    with torch.no_grad():
+        full = target_logits(tiny_llama, batch)
+        everything = answer(tiny_llama, cache.select(cache.attention_mask.bool()), queries)
+        kept = answer(tiny_llama, cache.select(anchors), queries)
+        without_labels = answer(tiny_llama, cache.select(anchors & ~label), queries)
+    torch.testing.assert_close(everything, full, atol=1e-4, rtol=0)
+    assert (kept - without_labels).abs().max() > 1e-2
+
+
+def test_selection_queries_are_held_out_and_share_the_demonstrations():
+    task = tasks.load("sentiment")
+    test, select = split_for_compression(task, 8, 10, seed=3)
+    assert len(test) == 8 and len(select) == 10
+    assert [p.text for p in test] == [p.text for p in one_demonstration_each(task, 8, seed=3)]
+    queries = lambda prompts: {_query(p) for p in prompts}  # noqa: E731
+    assert not queries(test) & queries(select)
+    context = lambda p: p.text[: p.text.rindex(_query(p))]  # noqa: E731
+    assert {context(p) for p in test + select} == {context(test[0])}
+    assert not any(_query(p) in context(p) for p in select)  # no demonstration is a query
+
+
+def test_each_method_reports_what_it_keeps_and_top_is_chosen_on_the_selection(tiny_llama):
+    task = tasks.load("sentiment")
+    test, select = split_for_compression(task, 4, 6, seed=0)
+    rows = dict(compare_methods(tiny_llama, test, 3, 5, 0, select))
+    assert tuple(rows) == METHODS
+    cache, _, _ = encode_shared(tiny_llama, test)
+    text_cache, _, _ = encode_shared(tiny_llama, [text_anchor(p) for p in test])
+    labels, anchors = (
+        int((cache.roles == ROLES.index("label")).sum()),
+        int(anchor_keep(cache).sum()),
+    )
+    kept = {method: {r["kept"] for r in records} for method, records in rows.items()}
+    assert kept["ICL"] == {int(cache.kept[0])} and kept["Text_anchor"] == {int(text_cache.kept[0])}
+    assert kept["Hidden_anchor (label words)"] == {labels}
+    assert kept["Hidden_random (label words)"] == {labels}
+    assert kept["Hidden_anchor (label + formatting)"] == {anchors}
+    assert kept["Hidden_random (label + formatting)"] == {anchors} and labels < anchors
+    for variant in VARIANTS:
+        top = rows[f"Hidden_random-top ({variant}, {SELECTED})"]
+        draws = rows[f"Hidden_random ({variant})"]
+        assert len(top) == 4 and len(draws) == 12
+        chosen = [r for r in draws if r["draw"] == top[0]["draw"]]
+        assert chosen == top  # one of the draws, scored on the test queries
+        # the choice maximises label loyalty on the held-out queries
+        on_selection = {
+            d: selection_loyalty(tiny_llama, test, select, variant, d) for d in range(3)
+        }
+        assert on_selection[top[0]["draw"]] == max(on_selection.values())
+
+
+def selection_loyalty(model, test, select, variant, draw):
+    cache, queries, batch = encode_shared(model, list(test) + list(select))
+    keep = random_keep(cache, anchor_keep(cache, VARIANTS[variant]), seed=draw)
+    with torch.no_grad():
+        full, drawn = answer(model, cache, queries), answer(model, cache.select(keep), queries)
+    ids = batch.class_token_ids
+    same = full[:, ids].argmax(-1) == drawn[:, ids].argmax(-1)
+    return float(same[len(test) :].float().mean())
+
+
+def test_table_intervals_are_the_shared_bootstrap_over_test_queries():
+    records = [
+        dict(task=t, seed=s, method=m, draw=d, item=i, query=f"q{i + s}", kept=k, context=9,
+             label_loyalty=float((i + d) % 2), word_loyalty=0.1 * i, accuracy=float(i % 3 == 0))
+        for t in ("a", "b") for s in (0, 1) for m, k, draws in (("ICL", 9, 1), ("R", 3, 2))
+        for d in range(draws) for i in range(5)
+    ]  # fmt: skip
+    table = CompressionTable(records).table()
+    assert list(table["kept"]) == [9, 3]
+    per_query = CompressionTable(records).per_query()
+    assert len(per_query) == 2 * 2 * 2 * 5  # draws averaged
+    random_rows = per_query[per_query["method"] == "R"]
+    assert set(random_rows["label_loyalty"]) == {0.5}
+    expected = bootstrap(random_rows["word_loyalty"] * 100, random_rows["unit"])
+    assert expected.n == 12  # queries q0..q5 of two tasks: seeds repeat q1..q4
+    row = table.loc["R"]
+    assert (row["word_loyalty"], row["word_loyalty_low"], row["word_loyalty_high"]) == (
+        pytest.approx(expected.value),
+        pytest.approx(expected.low),
+        pytest.approx(expected.high),
+    )
+    assert row["word loyalty (%)"] == expected.format(1) and row["n"] == 12

@@ -2,6 +2,8 @@
 
 import random
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -48,6 +50,26 @@ def test_nearest_pair_on_the_query_directions_comes_first():
     assert torch.cdist(keys, keys)[0, 1] > torch.cdist(keys, keys)[0, 2]  # raw distance disagrees
     assert torch.allclose(predicted, predicted.T) and torch.equal(predicted.diag(), torch.ones(4))
     assert float(predicted.max()) == 1.0 and float(predicted.min()) >= 0
+
+
+def test_predicted_confusion_against_numpy_and_what_its_values_mean():
+    """Independent reference: numpy SVD of the centred queries, keys projected on the top
+    directions times their singular values, distances over the largest distance. The most
+    distinct pair is 1; the most confusable pair is the smallest value, not 0."""
+    generator = torch.Generator().manual_seed(1)
+    keys, queries = torch.randn(4, 6, generator=generator), torch.randn(50, 6, generator=generator)
+    predicted = predicted_confusion(keys, queries, n_components=3).numpy()
+    centred = (queries - queries.mean(0)).double().numpy()
+    _, singular, directions = np.linalg.svd(centred, full_matrices=False)
+    projected = keys.double().numpy() @ directions[:3].T * singular[:3]
+    distance = np.linalg.norm(projected[:, None] - projected[None], axis=-1)
+    expected = distance / distance.max()
+    np.fill_diagonal(expected, 1.0)
+    np.testing.assert_allclose(predicted, expected, atol=1e-6)
+    off = predicted[np.triu_indices(4, k=1)]
+    assert off.max() == pytest.approx(1.0) and off.min() > 0.05
+    nearest = confusable_pairs(torch.tensor(predicted), CLASSES)[0]
+    assert nearest[2] == pytest.approx(off.min())
 
 
 def test_directions_are_weighted_by_how_much_the_queries_vary():
@@ -98,7 +120,18 @@ def test_diagnose_on_a_tiny_model(tiny_llama):
     assert not torch.allclose(one_head.predicted, result.predicted)
     assert result.predicted.shape == result.actual.shape == (4, 4)
     assert sorted(result.per_layer) == [0, 1, 2] and result.layers == [1, 2]
-    assert len(result.to_frame()) == 6 and -1 <= result.correlation <= 1
+    assert len(result.to_frame()) == 6
+    # the correlations, against numpy / pandas on the same 6 class pairs
+    upper = np.triu_indices(4, k=1)
+    predicted, actual = result.predicted.numpy()[upper], result.actual.numpy()[upper]
+    assert result.correlation == pytest.approx(np.corrcoef(predicted, actual)[0, 1], abs=1e-6)
+    ranks = pd.Series(predicted).corr(pd.Series(actual), method="spearman")
+    assert result.spearman == pytest.approx(ranks, abs=1e-6)
+    frame = result.to_frame()
+    assert frame["predicted"].corr(frame["actual"]) == pytest.approx(result.correlation, abs=1e-6)
+    for layer in (1, 2):  # the scan's value is the correlation of that layer's own diagnosis
+        alone = diagnose(tiny_llama, task, demos, test.examples, layers=[layer])
+        assert result.per_layer[layer] == pytest.approx(alone.correlation, abs=1e-6)
     assert (
         result.most_confused("predicted") == confusable_pairs(result.predicted, task.classes)[0][:2]
     )

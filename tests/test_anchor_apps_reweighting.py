@@ -1,5 +1,6 @@
 """Anchor re-weighting (icl_mech.anchors.reweighting)."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -13,11 +14,18 @@ from icl_mech.anchors.reweighting import (
     auxiliary_loss,
     train_beta,
 )
-from icl_mech.anchors.reweighting_experiment import predict_classes, split_for_reweighting
+from icl_mech.anchors.reweighting_experiment import (
+    ALL_TASKS,
+    GAIN,
+    ReweightingTable,
+    predict_classes,
+    split_for_reweighting,
+)
 from icl_mech.evaluation import build_prompts
 from icl_mech.hooks import points
 from icl_mech.models import torch_threads
 from icl_mech.prompts import ICLPrompt
+from icl_mech.stats import bootstrap, paired
 
 TASK = tasks.load("sentiment")
 
@@ -163,3 +171,27 @@ def test_batched_equals_one_by_one(tiny_llama):
             alone = PromptBatch.from_prompts(tiny_llama, [prompt])
             got = target_logits(tiny_llama, alone, AnchorReweighting(beta))[0]
             torch.testing.assert_close(got, together[b], atol=1e-5, rtol=0)
+
+
+def test_table_gives_intervals_and_a_paired_gain_per_task_and_overall():
+    conditions = {"vanilla 1-shot": 0, "vanilla 5-shot": 1, "re-weighted 1-shot": 2}
+    records = [
+        dict(task=t, seed=s, condition=c, item=i, query=f"q{i + s}",
+             correct=float((i + k + (t == "b")) % 3 == 0))
+        for t in ("a", "b") for s in (0, 1) for c, k in conditions.items() for i in range(6)
+    ]  # fmt: skip
+    table = ReweightingTable(records, []).table()
+    assert list(table.index) == ["a", "b", ALL_TASKS]
+    frame = pd.DataFrame(records)
+    for name in table.index:
+        part = frame if name == ALL_TASKS else frame[frame["task"] == name]
+        by = {c: part[part["condition"] == c].reset_index(drop=True) for c in conditions}
+        units = (by["vanilla 1-shot"]["task"] + "/" + by["vanilla 1-shot"]["query"]).tolist()
+        gain = paired(by["re-weighted 1-shot"]["correct"] * 100,
+                      by["vanilla 1-shot"]["correct"] * 100, units)  # fmt: skip
+        accuracy = bootstrap(by["vanilla 5-shot"]["correct"] * 100, units)
+        row = table.loc[name]
+        assert row[GAIN] == gain.format(1) and row["gain_low"] == pytest.approx(gain.low)
+        assert row["gain"] == pytest.approx(row["reweighted_1_shot"] - row["vanilla_1_shot"])
+        assert row["vanilla 5-shot"] == accuracy.format(1)
+        assert row["n"] == len(set(units)) == (7 if name != ALL_TASKS else 14)

@@ -134,6 +134,16 @@ def test_saliency_batched_equals_unbatched(tiny):
         assert float(together.scores[b, :, :, :offset].abs().sum()) == 0.0
 
 
+def test_saliency_layers_label_the_scores_in_the_order_given(tiny_llama):
+    batch = make_batch(tiny_llama, n=2)
+    every = saliency(tiny_llama, batch)
+    chosen = saliency(tiny_llama, batch, layers=[2, 0, 2])
+    assert chosen.layers == [2, 0] and chosen.scores.shape[1] == 2
+    for i, layer in enumerate(chosen.layers):
+        torch.testing.assert_close(chosen.scores[:, i], every.scores[:, layer])
+    assert not torch.allclose(every.scores[:, 0], every.scores[:, 2])  # the order matters
+
+
 def test_saliency_against_prediction_uses_the_models_choice(tiny_llama):
     batch = make_batch(tiny_llama, n=3)
     result = saliency(tiny_llama, batch, target="prediction")
@@ -338,7 +348,8 @@ def test_anchor_auc_pooled_and_macro_on_known_scores():
     # class 0: pos 0.9 vs neg 0.3, 0.5 -> 1; class 1: pos 0.6, 0.4 vs neg 0.2 -> 1
     assert float(macro.auc()[0]) == pytest.approx(1.0)
     frame = result.to_frame()
-    assert list(frame.columns) == ["task", "layer", "auc", "R"]
+    assert list(frame.columns) == ["task", "layer", "auc", "auc_low", "auc_high", "n", "R"]
+    assert (frame["auc_low"] <= frame["auc"]).all() and (frame["auc"] <= frame["auc_high"]).all()
 
 
 def test_class_scores_are_the_targets_attention_on_each_label_word(tiny):

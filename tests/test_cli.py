@@ -110,6 +110,12 @@ def test_bad_options_fail_before_any_model_work(argv, message, capsys, monkeypat
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
 
 
+def test_a_missing_model_folder_is_one_line(capsys):
+    assert cli.main(["reproduce", "anchors", "--quick", "--model", "/nonexistent/model"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "/nonexistent/model" in err
+
+
 def test_help_lists_the_settings_with_their_defaults():
     result = subprocess.run(
         [str(ROOT / ".venv/bin/icl-mech"), "reproduce", "task-vectors", "--help"],

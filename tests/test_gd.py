@@ -2,6 +2,7 @@
 
 import pathlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,9 +113,50 @@ def test_line_search_finds_the_loss_minimum():
     assert loss(eta) < min(loss(0.95 * eta), loss(1.05 * eta))
 
 
+def closed_form_gd(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(eta*, loss at eta*) of one GD step from W = 0 on tasks x [n, N + 1, d], y [n, N + 1]
+    (last token: the query). The prediction is eta * g, g = 1/N sum_j y_j <x_j, x_test>, so the
+    loss 1/2 mean (eta g - y)^2 is least squares in eta: eta* = <g, y> / <g, g>."""
+    g = np.einsum("bn,bn->b", y[:, :-1], np.einsum("bni,bi->bn", x[:, :-1], x[:, -1]))
+    g /= x.shape[1] - 1
+    eta = float(g @ y[:, -1] / (g @ g))
+    return eta, float(0.5 * np.mean((eta * g - y[:, -1]) ** 2))
+
+
+def test_one_step_gd_loss_is_pinned_by_the_task_distribution():
+    """von Oswald et al.'s setting (x ~ U(-1, 1), d = N = 10, W ~ N(0, I)) sampled here with
+    numpy, not with icl_mech: eta* = 1.52, loss 0.82 (0.84 on the reproduction's evaluation
+    sample). icl_mech's line search and one-step-GD loss on its own tasks must agree, which a
+    wrong task distribution (range of x, scale of W, N, d) would not."""
+    rng = np.random.default_rng(0)
+    n, d, n_context = 60_000, 10, 10
+    x = rng.uniform(-1, 1, size=(n, n_context + 1, d))
+    y = np.einsum("bi,bni->bn", rng.standard_normal((n, d)), x)
+    eta, loss = closed_form_gd(x, y)
+    assert 1.47 < eta < 1.57 and 0.79 < loss < 0.86
+    tasks = RegressionTasks()
+    found = line_search_eta(tasks, n_tasks=60_000, seed=11, dtype=torch.float64)
+    batch = tasks.held_out(60_000, seed=12, dtype=torch.float64)
+    gd_loss = float(regression_loss(OneStepGD(found, 10)(batch.tokens()), batch.y_test))
+    assert found == pytest.approx(eta, abs=0.04) and gd_loss == pytest.approx(loss, abs=0.03)
+    # on icl_mech's own sample, the line search is exactly the closed form
+    own = tasks.held_out(4096, seed=11, dtype=torch.float64)
+    xs = torch.cat([own.xs, own.x_test[:, None]], 1).numpy()
+    ys = torch.cat([own.ys, own.y_test[:, None]], 1)[..., 0].numpy()
+    exact_eta, exact_loss = closed_form_gd(xs, ys)
+    assert line_search_eta(tasks, n_tasks=4096, seed=11, dtype=torch.float64) == pytest.approx(
+        exact_eta, rel=1e-9
+    )
+    predicted = OneStepGD(exact_eta, 10)(own.tokens())
+    assert float(regression_loss(predicted, own.y_test)) == pytest.approx(exact_loss, rel=1e-9)
+
+
 def test_quick_reproduction_gets_within_5_percent_of_gd(quick_run):
     result, _ = quick_run
     assert abs(result["loss_ratio"] - 1) <= 0.05
+    # the GD reference itself, pinned (see test_one_step_gd_loss_is_pinned_by_the_task_distribution)
+    assert result["eta"] == pytest.approx(1.52, abs=0.08)
+    assert result["gd_loss"] == pytest.approx(0.83, abs=0.05)
     assert result["sensitivity_cosine"] > 0.95
 
 

@@ -7,6 +7,7 @@ import torch
 from matplotlib.figure import Figure
 
 from icl_mech import IclMechError, PromptBatch, attach, make, run, tasks, tiny_model
+from icl_mech.batching import batched
 from icl_mech.models import torch_threads
 from icl_mech.prompts import ICLPrompt
 from icl_mech.runner import reproduce
@@ -26,6 +27,7 @@ from icl_mech.task_vectors import (
     sample_sets,
     sweep_logits,
 )
+from icl_mech.task_vectors.evaluate import prepare, splits
 from icl_mech.task_vectors.figures import accuracy_bars, conflict_bars, layer_curves
 
 TOL = 1e-4
@@ -254,16 +256,51 @@ def test_protocol_conflicts_and_reproduce_on_tiny(tiny_llama, tmp_path):
         n_demonstrations=2, n_dev=4, n_test=5, max_new_tokens=2, batch_size=3, groups=2
     )
     names = ["country_capital", "city_country"]
-    results = evaluate(tiny_llama, [tasks.load(n) for n in names], protocol, progress=False)
+    loaded = [tasks.load(n) for n in names]
+    results = evaluate(tiny_llama, loaded, protocol, progress=False)
     table = results.to_frame()
     assert list(table["task"]) == names
-    accuracies = ["baseline", "icl", "tv_replace", "tv_add", "dev_baseline", "dev_tv_replace"]
-    assert table[accuracies].stack().between(0, 1).all()
-    for result in results.tasks:
-        assert result.curve("replace", "dev").best_layer == result.layer_replace
-        test_curve = result.curve("replace", "test")
-        assert result.accuracy["tv_replace"] == pytest.approx(test_curve.at(result.layer_replace))
-        assert len(result.answers) == protocol.n_test
+    for task, result in zip(loaded, results.tasks):
+        train, dev, test = splits(task, protocol)
+        # the chosen layer: the earliest argmax of a dev curve made by full patched forwards
+        dev_data = prepare(tiny_llama, task, train, dev.examples, protocol, protocol.seed + 11)
+        hits = torch.zeros(tiny_llama.cfg.n_layers)
+        for index, batch in batched(tiny_llama, dev_data.zero_shot, 2):
+            logits = naive_sweep_logits(tiny_llama, batch, dev_data.theta.values[index])
+            hits += (logits.argmax(-1) == dev_data.gold[index]).float().sum(1)
+        dev_curve = (hits / len(dev.examples)).tolist()
+        assert result.curve("replace", "dev").accuracy == pytest.approx(dev_curve)
+        best = max(range(len(dev_curve)), key=lambda i: (dev_curve[i], -i))
+        assert result.layer_replace == best
+        # the reported test numbers: per query, an independent greedy run (patched or not)
+        test_data = prepare(tiny_llama, task, train, test.examples, protocol, protocol.seed + 12)
+        replaced, zero_shot, texts = [], [], []
+        for index, batch in batched(tiny_llama, test_data.zero_shot, 4):
+            patch = test_data.theta.select(index).intervention(result.layer_replace)
+            gold, steps = test_data.gold[index], protocol.max_new_tokens
+            patched = greedy(tiny_llama, batch, patch, max_new_tokens=steps)
+            replaced += (patched.first_tokens == gold).tolist()
+            texts += patched.texts
+            zero_shot += (greedy(tiny_llama, batch, max_new_tokens=1).first_tokens == gold).tolist()
+        assert list(result.answers["tv_replace"]) == texts  # the same answers, token for token
+        assert result.correct["tv_replace"] == replaced
+        assert result.correct["baseline"] == zero_shot
+        assert result.accuracy["tv_replace"] == pytest.approx(sum(replaced) / len(replaced))
+        estimate = result.estimate("tv_replace")
+        assert estimate.n == len(test.examples) == len(result.answers)
+        assert estimate.low <= estimate.value <= estimate.high
+        gain = result.difference("tv_replace", "baseline")
+        assert gain.value == pytest.approx((sum(replaced) - sum(zero_shot)) / len(replaced))
+    means = results.intervals()
+    for condition in ("baseline", "icl", "tv_replace", "tv_add"):
+        assert means[condition].value == pytest.approx(table[condition].mean())
+        assert means[condition].low <= means[condition].value <= means[condition].high
+        row = table.iloc[0]
+        assert row[f"{condition}_low"] <= row[condition] <= row[f"{condition}_high"]
+    effects = results.effects_frame()
+    mean_gain = effects[(effects.task == "mean") & (effects.contrast == "tv_add - baseline")]
+    expected = (table["tv_add"] - table["baseline"]).mean()
+    assert mean_gain["difference"].iloc[0] == pytest.approx(expected)
     capital = results.tasks[0]
     conflict = conflicting_tasks(
         tiny_llama,
@@ -274,7 +311,12 @@ def test_protocol_conflicts_and_reproduce_on_tiny(tiny_llama, tmp_path):
         protocol,
     )
     frame = conflict.to_frame()
-    assert (frame["follows_demonstrations"] + frame["follows_vector"] <= 1).all()
+    for row in frame.itertuples():
+        hits = conflict.hits_a[row.condition]
+        assert len(hits) == conflict.n_queries
+        assert row.follows_demonstrations == pytest.approx(sum(hits) / len(hits))
+        low, high = row.follows_demonstrations_low, row.follows_demonstrations_high
+        assert low <= row.follows_demonstrations <= high
     for figure in (layer_curves(results), accuracy_bars(results), conflict_bars([conflict])):
         assert isinstance(figure, Figure)
     report = reproduce(
@@ -288,7 +330,10 @@ def test_protocol_conflicts_and_reproduce_on_tiny(tiny_llama, tmp_path):
         out=tmp_path,
         progress=False,
     )
-    assert report.headline["n_tasks"] == 1 and 0 <= report.headline["mean"]["tv_replace"] <= 1
+    mean = report.headline["mean"]
+    assert report.headline["n_tasks"] == 1
+    assert mean["tv_replace_ci"][0] <= mean["tv_replace"] <= mean["tv_replace_ci"][1]
+    assert "tv_replace - baseline_ci" in mean
     written = {p.name for p in tmp_path.iterdir()}
     assert {
         "task_vectors_layers.png",

@@ -7,13 +7,14 @@ from icl_mech import IclMechError, PromptBatch, tasks
 from icl_mech.models import torch_threads
 from icl_mech.prompts import ICLPrompt
 from icl_mech.task_vectors import (
+    Settings,
     TaskVector,
+    evaluate_task,
     extract,
     naive_sweep_logits,
     sample_sets,
     sweep_logits,
 )
-from icl_mech.task_vectors.evaluate import Settings, evaluate_task
 
 pytestmark = pytest.mark.embedded
 

@@ -95,3 +95,28 @@ def test_real_dataset_errors(tmp_path):
     out_of_range = _write(tmp_path / "oor.jsonl", [{"sentence": "x", "label": 7}])
     with pytest.raises(IclMechError, match="label 7"):
         load_real("sst2", data_files=out_of_range)
+
+
+LABEL_SETS = {  # io tasks whose outputs repeat by design (a label set, not a leak)
+    "animal_young",
+    "city_to_country",
+    "country_continent",
+    "country_language",
+    "first_letter",
+    "last_letter",
+    "city_country",
+    "city_continent",
+    "city_language",
+}
+
+
+@pytest.mark.parametrize("name", tasks.names("io") + tasks.names("city"))
+def test_bundled_io_tasks_have_no_duplicates_and_one_output_per_input(name):
+    """The audit behind the leakage fix: unique inputs (so one output each), no duplicate
+    rows, and outputs repeat only in the label-set tasks. Antonyms go both ways, which the
+    split handles (tests/test_splits.py); a one-to-one task shows no answer twice."""
+    task = tasks.load(name.removesuffix("_json"))
+    inputs = [e.x for e in task.examples]
+    assert len(set(inputs)) == len(inputs)
+    assert len(set(task.examples)) == len(task.examples)
+    assert task.answers_repeat == (name.removesuffix("_json") in LABEL_SETS)

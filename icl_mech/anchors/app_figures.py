@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from icl_mech.anchors.compression_experiment import METRICS
+from icl_mech.anchors.reweighting_experiment import CONDITIONS, NUMBERS
 from icl_mech.errors import IclMechError
 from icl_mech.plotting import grouped_bars
 
@@ -16,23 +18,36 @@ from icl_mech.plotting import grouped_bars
 PAPER_SPEEDUP = {"sentiment": 1.1, "question_type": 1.5, "topic": 2.5, "emotion": 1.4}
 
 
+def _bars_with_whiskers(table: pd.DataFrame, numbers: dict[str, str]) -> tuple:
+    """(values, (low, high)) frames: one column per ``numbers`` key, from its numeric columns."""
+    frames = [
+        pd.DataFrame({label: table[f"{column}{end}"] for label, column in numbers.items()})
+        for end in ("", "_low", "_high")
+    ]
+    return frames[0], (frames[1], frames[2])
+
+
 def reweighting_figure(table) -> Figure:
-    """Table 1 as bars: accuracy per task (and average) of the three conditions."""
+    """Table 1 as bars: accuracy per task (and over all tasks) of the three conditions, with
+    95% bootstrap intervals over the test queries."""
+    values, errors = _bars_with_whiskers(table.table(), {c: NUMBERS[c] for c in CONDITIONS})
     figure = Figure(figsize=(7, 3.6), layout="constrained")
     ax = figure.subplots()
-    grouped_bars(ax, table.table(), "accuracy (%)", fmt="%.0f")
-    ax.set_ylim(0, 105)
-    ax.set_title("Anchor re-weighting (Table 1)")
+    grouped_bars(ax, values, "accuracy (%)", fmt="%.0f", errors=errors)
+    ax.set_ylim(0, 110)
+    ax.set_title("Anchor re-weighting (Table 1), 95% intervals over test queries")
     return figure
 
 
 def compression_figure(table) -> Figure:
-    """Table 2 as bars: label loyalty, word loyalty and accuracy of each method."""
-    figure = Figure(figsize=(7.5, 3.6), layout="constrained")
+    """Table 2 as bars: label loyalty, word loyalty and accuracy of each method, with 95%
+    bootstrap intervals over the test queries."""
+    values, errors = _bars_with_whiskers(table.table(), {m.replace("_", " "): m for m in METRICS})
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
     ax = figure.subplots()
-    grouped_bars(ax, table.table(), "%", fmt="%.0f")
-    ax.set_ylim(0, 110)
-    ax.set_title("Context compression: loyalty to the full prompt (Table 2)")
+    grouped_bars(ax, values, "%", fmt="%.0f", errors=errors, rotation=25)
+    ax.set_ylim(0, 115)
+    ax.set_title("Context compression: loyalty to the full prompt (Table 2), 95% intervals")
     return figure
 
 
@@ -54,7 +69,7 @@ def speedup_figure(table3: pd.DataFrame) -> Figure:
 
 
 def diagnosis_figure(diagnoses: Sequence) -> Figure:
-    """Per task: predicted and actual confusion side by side (0 / 0.5 = confused), and the
+    """Per task: predicted and actual confusion side by side (smaller / 0.5 = confused), and the
     correlation each single layer would give when it was scanned."""
     if not diagnoses:
         raise IclMechError("diagnosis_figure: no diagnosis given")

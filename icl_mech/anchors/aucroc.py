@@ -11,6 +11,7 @@ the denominator is not positive.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,10 +24,12 @@ from jaxtyping import Float, Int
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
+from icl_mech import stats
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Probe, points, register
 from icl_mech.prompts import PromptBatch
 
+from .loyalty import query_texts
 from .readout import (
     Anchors,
     anchor_mask,
@@ -38,6 +41,7 @@ from .readout import (
 
 Span = Literal["sum", "mean"]
 Average = Literal["pooled", "macro"]
+AUC_RESAMPLES = 500  # enough for 95% percentile limits, and fast
 
 
 @register("query-attention")
@@ -112,6 +116,26 @@ def cumulative_ratio(auc: Float[Tensor, " layer"]) -> Float[Tensor, " layer"]:
     return (excess.cumsum(0) / total).to(auc.dtype)
 
 
+def weighted_roc_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC-ROC of ``scores`` ``[n]`` for the binary ``positive`` ``[n]`` with observation
+    ``weights`` ``[r, n]`` (bootstrap counts): one AUC per row of weights, ties counting a half
+    (what ``roc_auc_score`` gives with unit weights). NaN scores are left out; NaN where a row
+    weighs only one class. Vectorised over rows: one sort, cumulative sums."""
+    keep = ~np.isnan(scores)
+    scores, positive, weights = scores[keep], positive[keep].astype(bool), weights[:, keep]
+    order = np.argsort(scores, kind="stable")
+    scores, positive, weights = scores[order], positive[order], weights[:, order]
+    _, start, size = np.unique(scores, return_index=True, return_counts=True)
+    group = np.repeat(np.arange(len(start)), size)
+    negative = np.where(positive, 0.0, weights)
+    before = np.concatenate([np.zeros((len(weights), 1)), negative.cumsum(1)], 1)
+    below = before[:, start[group]]  # negative weight strictly below each score
+    tied = before[:, (start + size)[group]] - below
+    pos = np.where(positive, weights, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * (below + 0.5 * tied)).sum(1) / (pos.sum(1) * negative.sum(1))
+
+
 @dataclass
 class AnchorAuc:
     """Class scores per example and layer, with the model's predictions."""
@@ -121,6 +145,10 @@ class AnchorAuc:
     layers: list[int]
     task: str = ""
     average: Average = "pooled"
+    queries: list[str] | None = None  # per example: the bootstrap's unit (see Loyalty)
+
+    def units(self) -> list:
+        return list(self.queries) if self.queries is not None else list(range(len(self.scores)))
 
     def auc(self) -> Float[Tensor, " layer"]:
         if self.average not in ("pooled", "macro"):
@@ -142,14 +170,64 @@ class AnchorAuc:
     def ratio(self) -> Float[Tensor, " layer"]:
         return cumulative_ratio(self.auc())
 
+    def resampled_auc(self, n_resamples: int = AUC_RESAMPLES, seed: int = 0) -> np.ndarray:
+        """``[n_resamples, layer]`` AUC-ROC_l of bootstrap resamples of the queries (all of a
+        query's examples and classes move together), vectorised; the draws are those of
+        ``stats.bootstrap_statistic`` over ``units()`` with the same seed."""
+        weights, _ = stats.resample_weights(
+            len(self.scores), self.units(), n_resamples=n_resamples, seed=seed
+        )
+        n_classes = self.scores.shape[-1]
+        positive = torch.nn.functional.one_hot(self.predicted, n_classes).bool().numpy()
+        scores = self.scores.double().numpy()
+        out = np.empty((n_resamples, scores.shape[1]))
+        for layer in range(scores.shape[1]):
+            if self.average == "pooled":
+                pooled = np.repeat(weights, n_classes, axis=1)  # example-major, as flatten()
+                s, y = scores[:, layer].reshape(-1), positive.reshape(-1)
+                out[:, layer] = weighted_roc_auc(s, y, pooled)
+            else:
+                per_class = np.stack(
+                    [
+                        weighted_roc_auc(scores[:, layer, c], positive[:, c], weights)
+                        for c in range(n_classes)
+                    ]
+                )
+                with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    out[:, layer] = np.nanmean(per_class, 0)
+        return out
+
+    def intervals(self, n_resamples: int = AUC_RESAMPLES, seed: int = 0) -> list[stats.Estimate]:
+        """AUC-ROC_l per layer with a 95% percentile bootstrap interval over queries."""
+        resampled, n = self.resampled_auc(n_resamples, seed), len(set(self.units()))
+        return [
+            stats.from_resamples(point, resampled[:, layer], n)
+            for layer, point in enumerate(self.auc().tolist())
+        ]
+
     def to_frame(self) -> pd.DataFrame:
+        intervals = self.intervals()
         return pd.DataFrame(
-            {"task": self.task, "layer": self.layers, "auc": self.auc(), "R": self.ratio()}
+            {
+                "task": self.task,
+                "layer": self.layers,
+                "auc": self.auc(),
+                "auc_low": [e.low for e in intervals],
+                "auc_high": [e.high for e in intervals],
+                "n": [e.n for e in intervals],
+                "R": self.ratio(),
+            }
         )
 
     @classmethod
     def concat(cls, parts: Sequence[AnchorAuc]) -> AnchorAuc:
-        return concat_examples(parts, "scores", "predicted")
+        joined = concat_examples(parts, "scores", "predicted")
+        if all(p.queries is not None for p in parts):
+            joined.queries = [q for p in parts for q in p.queries]
+        else:
+            joined.queries = None
+        return joined
 
 
 def anchor_auc(
@@ -173,6 +251,5 @@ def anchor_auc(
         logits = target_logits(model, batch, *items, probe)
     predicted = logits[:, batch.class_token_ids].argmax(-1)
     scores = class_scores(probe.stacked(), batch, anchors, span)
-    return AnchorAuc(
-        scores, predicted.cpu(), sorted(probe.rows), batch.prompts[0].task.name, average
-    )
+    task = batch.prompts[0].task.name
+    return AnchorAuc(scores, predicted.cpu(), sorted(probe.rows), task, average, query_texts(batch))

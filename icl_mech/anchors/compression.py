@@ -1,8 +1,9 @@
 """Anchor-only context compression (Wang et al. 2023, section 3.2), on TransformerLens's KV cache.
 
 The demonstrations run once into a ``ContextCache``; ``select`` keeps some entries (Hidden_anchor:
-label words and formatting tokens); ``answer`` runs only the query tokens against it, at the full
-prompt's positions: cached entries keep theirs, the query continues after the full context.
+the label words, and in our variant also the formatting tokens); ``answer`` runs only the query
+tokens against it, at the full prompt's positions: cached entries keep theirs, the query
+continues after the full context.
 TransformerLens caches keys before the rotary embedding and rotates all keys at each forward at
 positions counted from the attention mask (kept entries would move left), so the cache handed to
 the model holds each key pre-rotated by (true - counted) positions and ``ContinuePositions``
@@ -27,6 +28,7 @@ from icl_mech.hooks import HookSpec, Intervention, attach, points, register
 from icl_mech.prompts import ROLES, PromptBatch
 
 ANCHOR_ROLES = ("bos", "template", "label", "separator")  # label words + formatting tokens
+LABEL_ROLES = ("label",)  # the paper's Hidden_anchor: the label words' states only
 
 
 @dataclass
@@ -281,7 +283,8 @@ def answer(model, cache: ContextCache, queries: Tokens, *items, every_position=F
 
 
 def anchor_keep(cache: ContextCache, roles=ANCHOR_ROLES) -> Bool[Tensor, "batch entry"]:
-    """Hidden_anchor: the entries of label words and formatting tokens."""
+    """Hidden_anchor: the entries of the given roles; by default label words and formatting
+    tokens (``ANCHOR_ROLES``); Wang et al. keep the label words only (``LABEL_ROLES``)."""
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
         raise IclMechError(f"unknown roles {unknown}; choose among {ROLES}")

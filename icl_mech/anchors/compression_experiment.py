@@ -1,6 +1,8 @@
 """Tables 2 and 3 of "Label words are anchors" (Wang et al. 2023): loyalty and accuracy of
 context compression (Text_anchor, Hidden_random, Hidden_random-top, Hidden_anchor against the
-full prompt), and the time per query of Hidden_anchor against the full prompt."""
+full prompt; each Hidden_* in two variants: keeping the label words only, as the paper, or the
+label words and the formatting tokens), and the time per query of Hidden_anchor (label +
+formatting) against the full prompt."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from icl_mech.anchors.compression import (
     ANCHOR_ROLES,
+    LABEL_ROLES,
     ContextCache,
     Tokens,
     anchor_keep,
@@ -29,8 +32,19 @@ from icl_mech.anchors.readout import target_logits
 from icl_mech.batching import index_batches
 from icl_mech.errors import IclMechError
 from icl_mech.prompts import ROLES, ICLPrompt, PromptBatch, Task
+from icl_mech.stats import summarise, with_intervals
 
-METHODS = ("ICL", "Text_anchor", "Hidden_random", "Hidden_random-top", "Hidden_anchor")
+# what each Hidden_anchor variant keeps: the paper's (label words only) and ours (label words,
+# BOS, template and separator tokens); each has its random baselines
+VARIANTS = {"label words": LABEL_ROLES, "label + formatting": ANCHOR_ROLES}
+SELECTED = "chosen on held-out queries"
+METHODS = ("ICL", "Text_anchor") + tuple(
+    f"{method} ({variant}{', ' + SELECTED if method.endswith('-top') else ''})"
+    for variant in VARIANTS
+    for method in ("Hidden_random", "Hidden_random-top", "Hidden_anchor")
+)
+METRICS = ("label_loyalty", "word_loyalty", "accuracy")
+SHOWN = {m: m.replace("_", " ") + " (%)" for m in METRICS}  # "value [low, high]" columns
 
 
 def answer_all(model, cache: ContextCache, queries: Tokens, batch_size: int = 16) -> torch.Tensor:
@@ -42,9 +56,21 @@ def answer_all(model, cache: ContextCache, queries: Tokens, batch_size: int = 16
 
 def one_demonstration_each(task: Task, n_test: int, seed: int) -> list[ICLPrompt]:
     """The test queries of a seeded split, all after the same 1-per-class demonstrations."""
+    return split_for_compression(task, n_test, 0, seed)[0]
+
+
+def split_for_compression(
+    task: Task, n_test: int, n_select: int, seed: int
+) -> tuple[list[ICLPrompt], list[ICLPrompt]]:
+    """(test prompts, selection prompts): the test queries of a seeded split and up to
+    ``n_select`` other queries of the pool (never a demonstration, never a test query), all after
+    the same 1-per-class demonstrations. Hidden_random-top picks its draw on the selection."""
     pool, test = task.split(n_test, seed)
     demonstrations = pool.sample_demonstrations(1, random.Random(seed))
-    return [ICLPrompt.build(task, demonstrations, q) for q in test.examples]
+    rest = [e for e in pool.examples if e not in demonstrations and e not in test.examples]
+    select = random.Random(seed + 7919).sample(rest, min(n_select, len(rest)))
+    build = lambda queries: [ICLPrompt.build(task, demonstrations, q) for q in queries]  # noqa: E731
+    return build(test.examples), build(select)
 
 
 def random_keep(
@@ -77,20 +103,45 @@ def text_anchor(prompt: ICLPrompt) -> ICLPrompt:
 
 @dataclass
 class CompressionTable:
-    """Wang et al.'s Table 2: loyalty to the full prompt and accuracy per compression method.
-    Hidden_random: mean over the random draws; Hidden_random-top: the draw with the highest
-    label loyalty (as in the paper, chosen on the test queries themselves)."""
+    """Wang et al.'s Table 2: loyalty to the full prompt and accuracy per compression method,
+    one record per test query (and random draw). Hidden_random: mean over the draws per query;
+    Hidden_random-top: the draw with the highest label loyalty on held-out selection queries
+    (same task and demonstrations, disjoint from the test queries), scored on the test queries.
+    ``kept``: context entries the test queries attend to (ICL: all, Text_anchor: its shorter
+    context, Hidden_random: the formatting kept plus as many random entries as label words)."""
 
     records: list[dict]
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.records)
 
+    def per_query(self) -> pd.DataFrame:
+        """One row per task, seed, method and test query (random draws averaged), with ``unit``:
+        the query, the bootstrap cluster (a query seen under several seeds is one unit)."""
+        frame = self.to_frame()
+        keys = ["task", "seed", "method", "item"]
+        columns = ["kept", "context", *METRICS]
+        out = frame.groupby(keys, sort=False).agg(
+            {"query": "first"} | dict.fromkeys(columns, "mean")
+        )
+        out = out.reset_index()
+        out["unit"] = out["task"] + "\x1f" + out["query"]
+        return out
+
     def table(self, by_task: bool = False) -> pd.DataFrame:
-        columns = ["label_loyalty", "word_loyalty", "accuracy"]
-        keys = ["task", "method"] if by_task else ["method"]
-        frame = self.to_frame().groupby(keys, sort=False)[columns].mean() * 100
-        return frame.round(2)
+        """Per method (and task): mean kept entries, each metric in % as "value [low, high]"
+        (95% bootstrap over test queries), then the numbers: metric, metric_low, metric_high."""
+        frame, keys = self.per_query(), ["task", "method"] if by_task else ["method"]
+        kept = frame.groupby(keys, sort=False)[["kept", "context"]].mean()
+        parts = []
+        for metric in METRICS:
+            frame[metric] = frame[metric] * 100
+            summary = summarise(frame, metric, keys, cluster="unit").set_index(keys)
+            summary.insert(0, SHOWN[metric], with_intervals(summary, metric, 1))
+            parts.append(summary.drop(columns="n") if metric != METRICS[-1] else summary)
+        table = pd.concat([kept.round(1), *parts], axis=1)
+        numbers = [c for c in table.columns if c not in SHOWN.values()]
+        return table[[*SHOWN.values(), *numbers]]
 
 
 def compression_experiment(
@@ -100,52 +151,71 @@ def compression_experiment(
     seeds: Sequence[int] = (0,),
     *,
     n_draws: int = 20,
-    roles: Sequence[str] = ANCHOR_ROLES,
+    n_select: int = 64,
     top_k: int = 5,
     progress: bool = True,
 ) -> CompressionTable:
     """Per task and seed, test queries after the same 1-per-class demonstrations, answered
-    from the full context and from each compression (``n_draws`` random draws)."""
-    if n_draws < 1 or top_k < 1:
-        raise IclMechError(f"n_draws and top_k must be at least 1, got {n_draws} and {top_k}")
+    from the full context and from each compression (``n_draws`` random draws per variant);
+    ``n_select`` held-out queries choose Hidden_random-top's draw."""
+    if n_draws < 1 or top_k < 1 or n_select < 1:
+        raise IclMechError(
+            f"n_draws, n_select and top_k must be at least 1, got {n_draws}, {n_select}, {top_k}"
+        )
     records = []
     runs = [(task, seed) for task in tasks for seed in seeds]
     for task, seed in tqdm(runs, desc="compression", disable=not progress, leave=False):
-        prompts = one_demonstration_each(task, n_test, seed)
-        for method, row in compare_methods(model, prompts, n_draws, roles, top_k, seed):
-            records.append(dict(task=task.name, seed=seed, method=method) | row)
+        prompts, select = split_for_compression(task, n_test, n_select, seed)
+        if not select:
+            raise IclMechError(f"task {task.name!r}: no query left to select Hidden_random-top")
+        for method, rows in compare_methods(model, prompts, n_draws, top_k, seed, select):
+            records += [dict(task=task.name, seed=seed, method=method) | row for row in rows]
     return CompressionTable(records)
 
 
-def compare_methods(model, prompts, n_draws: int, roles, top_k: int, seed: int):
-    """(method, metrics) for every method and random draw, on prompts sharing demonstrations."""
-    cache, queries, batch = encode_shared(model, prompts)
-    ids = batch.class_token_ids
+def compare_methods(model, prompts, n_draws: int, top_k: int, seed: int, select=()):
+    """(method, one record per test query and draw) for every method, on prompts sharing their
+    demonstrations; ``select``: held-out prompts (same demonstrations) that pick the top draw
+    (without them the top draw is chosen on the test prompts: an oracle)."""
+    n = len(prompts)
+    cache, queries, batch = encode_shared(model, list(prompts) + list(select))
+    ids, gold = batch.class_token_ids, batch.gold[:n]
     full = answer_all(model, cache, queries)
-    anchor = anchor_keep(cache, roles)
-    draws = [
-        answer_all(model, cache.select(random_keep(cache, anchor, seed * 1000 + d)), queries)
-        for d in range(n_draws)
-    ]
     text_cache, text_queries, _ = encode_shared(model, [text_anchor(p) for p in prompts])
 
-    def loyal(logits):
-        return label_loyalty(full[:, ids], logits[:, ids]).float()
+    def loyal(logits, reference=full):
+        return label_loyalty(reference[:, ids], logits[:, ids]).float()
 
-    outcomes = {
-        "ICL": [full],
-        "Text_anchor": [answer_all(model, text_cache, text_queries)],
-        "Hidden_random": draws,
-        "Hidden_random-top": [max(draws, key=lambda logits: float(loyal(logits).mean()))],
-        "Hidden_anchor": [answer_all(model, cache.select(anchor), queries)],
-    }
-    for method, results in outcomes.items():
-        for logits in results:
-            correct = logits[:, ids].argmax(-1) == batch.gold
-            yield method, dict(kept=int(anchor.sum()), context=int(cache.length[0]),
-                               label_loyalty=float(loyal(logits).mean()),
-                               word_loyalty=float(top_k_jaccard(full, logits, top_k).mean()),
-                               accuracy=float(correct.float().mean()))  # fmt: skip
+    def records(logits, kept, draw=0):
+        logits = logits[:n]
+        loyalty, word = loyal(logits, full[:n]), top_k_jaccard(full[:n], logits, top_k)
+        correct = (logits[:, ids].argmax(-1) == gold).float()
+        return [
+            dict(draw=draw, item=i, query=_query(p),
+                 kept=float(kept), context=int(cache.length[0]), label_loyalty=float(loyalty[i]),
+                 word_loyalty=float(word[i]), accuracy=float(correct[i]))
+            for i, p in enumerate(prompts)
+        ]  # fmt: skip
+
+    yield "ICL", records(full, cache.kept[0])
+    yield "Text_anchor", records(answer_all(model, text_cache, text_queries), text_cache.kept[0])
+    for variant, roles in VARIANTS.items():
+        anchor = anchor_keep(cache, roles)
+        keeps = [random_keep(cache, anchor, seed * 1000 + d) for d in range(n_draws)]
+        draws = [answer_all(model, cache.select(keep), queries) for keep in keeps]
+        drawn = [r for d, (k, x) in enumerate(zip(keeps, draws)) for r in records(x, k.sum(), d)]
+        yield f"Hidden_random ({variant})", drawn
+        chooser = slice(n, None) if len(select) else slice(0, n)
+        top = max(range(n_draws), key=lambda d: float(loyal(draws[d])[chooser].mean()))
+        label = SELECTED if len(select) else "oracle: chosen on the test queries"
+        yield f"Hidden_random-top ({variant}, {label})", records(draws[top], keeps[top].sum(), top)
+        compressed = answer_all(model, cache.select(anchor), queries)
+        yield f"Hidden_anchor ({variant})", records(compressed, anchor.sum())
+
+
+def _query(prompt: ICLPrompt) -> str:
+    """The query's text (the bootstrap unit)."""
+    return "".join(s.text for s in prompt.segments if s.demo < 0)
 
 
 def time_per_query(

@@ -9,7 +9,9 @@ little along the directions in which the queries vary, q cannot tell them apart.
   prompts sharing one set of demonstrations;
 - the queries' principal directions (top ``n_components``), each key projected on them and
   scaled by the direction's singular value;
-- predicted confusion ``||k_i - k_j|| / max ||k_s - k_t||`` (0 = most confusable, diagonal 1);
+- predicted confusion ``||k_i - k_j|| / max ||k_s - k_t||`` (smaller = more confusable: the
+  most distinct pair is 1, the most confusable pair is the smallest off-diagonal value, 0 only
+  if two keys coincide; diagonal 1);
 - actual confusion: AUC-ROC of telling class i from j by the ratio of their probabilities on
   the test queries of those two classes (0.5 = confused, diagonal 1).
 """
@@ -40,7 +42,8 @@ def predicted_confusion(
     queries: Float[Tensor, "n_queries d"],
     n_components: int = 10,
 ) -> Float[Tensor, "n_classes n_classes"]:
-    """Normalised distances of the keys on the queries' main directions (0 = most confusable)."""
+    """Distances of the keys on the queries' main directions divided by the largest one: the
+    most distinct pair is 1, smaller = more confusable (0 only for coinciding keys); diagonal 1."""
     if keys.ndim != 2 or queries.ndim != 2 or keys.shape[1] != queries.shape[1]:
         raise IclMechError(
             f"keys [n_classes, d] and queries [n_queries, d] must share d; got "

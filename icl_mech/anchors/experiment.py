@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from icl_mech import settings as base
+from icl_mech import stats
 from icl_mech import tasks as bundled
 from icl_mech.errors import IclMechError
 from icl_mech.evaluation import batches, build_prompts
@@ -67,10 +68,18 @@ class TaskAnalysis:
     loyalty: Loyalty
     auc: AnchorAuc
     correct: torch.Tensor  # [example] bool: prediction equals gold
+    queries: list[str] | None = None  # per example; a query drawn under several seeds is one unit
 
     @property
     def accuracy(self) -> float:
         return float(self.correct.float().mean())
+
+    def units(self) -> list:
+        return list(self.queries) if self.queries is not None else list(range(len(self.correct)))
+
+    def accuracy_estimate(self) -> stats.Estimate:
+        """Accuracy with a 95% bootstrap interval over queries (clustered across seeds)."""
+        return stats.bootstrap(self.correct.float().numpy(), self.units())
 
     def to_frame(self) -> pd.DataFrame:
         """The headline per-layer table: mean flows (normalised), AUC-ROC_l and R_l."""
@@ -131,7 +140,9 @@ def analyse_prompts(
     flow.values = flow.values[inverse]
     loyalty.label, loyalty.word = loyalty.label[inverse], loyalty.word[inverse]
     auc.scores, auc.predicted = auc.scores[inverse], auc.predicted[inverse]
-    return TaskAnalysis(flow.task, flow, loyalty, auc, correct[inverse])
+    queries = [flow.queries[i] for i in inverse.tolist()] if flow.queries is not None else None
+    flow.queries = loyalty.queries = auc.queries = queries
+    return TaskAnalysis(flow.task, flow, loyalty, auc, correct[inverse], queries)
 
 
 def task_prompts(task: Task, n: int, seed: int, shots: int = 1) -> list[ICLPrompt]:
@@ -163,4 +174,5 @@ def analyse_task(
         Loyalty.concat([p.loyalty for p in parts]),
         AnchorAuc.concat([p.auc for p in parts]),
         torch.cat([p.correct for p in parts]),
+        [q for p in parts for q in p.units()],
     )

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from icl_mech import stats
 from icl_mech.errors import IclMechError
 
 from .aucroc import AnchorAuc
@@ -36,17 +37,17 @@ def _panels(n: int, width: float = 4.0, height: float = 3.0):
 
 
 def flows_figure(results: Sequence[Flows], normalised: bool = True) -> Figure:
-    """Fig. 3: S_wp, S_pq, S_ww per layer, one panel per task; band = ± one std over examples."""
+    """Fig. 3: S_wp, S_pq, S_ww per layer, one panel per task; band = 95% bootstrap interval
+    of the mean over queries."""
     figure, axes = _panels(len(results))
     for ax, result in zip(axes, results):
-        mean, std = result.mean(normalised).numpy(), result.std(normalised).numpy()
+        mean, low, high, n = result.intervals(normalised)
         for i, name in enumerate(FLOWS):
             ax.plot(result.layers, mean[:, i], label=FLOW_LABELS[name], color=f"C{i}")
-            low, high = mean[:, i] - std[:, i], mean[:, i] + std[:, i]
-            if normalised:
-                low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
-            ax.fill_between(result.layers, low, high, color=f"C{i}", alpha=0.15, linewidth=0)
-        ax.set_title(f"{result.task} (n={len(result.values)})")
+            ax.fill_between(
+                result.layers, low[:, i], high[:, i], color=f"C{i}", alpha=0.2, linewidth=0
+            )
+        ax.set_title(f"{result.task} (n={len(result.values)}, {n} queries)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")
         ax.set_ylabel("share of saliency" if normalised else "mean saliency")
@@ -56,7 +57,9 @@ def flows_figure(results: Sequence[Flows], normalised: bool = True) -> Figure:
 
 
 def loyalty_figure(results: Sequence[Loyalty]) -> Figure:
-    """Fig. 4: label and word loyalty, label words vs random words, first vs last k layers."""
+    """Fig. 4: label and word loyalty, label words vs random words, first vs last k layers.
+    Whiskers: 95% bootstrap intervals over queries (a query seen under several seeds is one
+    unit); "mean": the mean over tasks, queries resampled within each task (stratified)."""
     if not results:
         raise IclMechError("loyalty_figure needs at least one result")
     figure = Figure(figsize=(9, 3.4), layout="constrained")
@@ -65,20 +68,20 @@ def loyalty_figure(results: Sequence[Loyalty]) -> Figure:
     width = 0.8 / len(CONDITIONS)
     for ax, metric in zip(axes, ("label", "word")):
         for c, (depth, words) in enumerate(CONDITIONS):
-            means, errors = [], []
-            for result in results:
-                values = getattr(result, metric)[:, result.conditions.index((depth, words))]
-                means.append(float(values.mean()))
-                errors.append(
-                    float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0
-                )
-            means.append(float(np.mean(means)))
-            errors.append(0.0)
+            estimates, values, strata = [], [], []
+            for t, result in enumerate(results):
+                estimates.append(result.estimate(depth, words, metric))
+                column = getattr(result, metric)[:, result.conditions.index((depth, words))]
+                values += column.tolist()
+                strata += [t] * len(column)
+            estimates.append(stats.stratified(values, strata))
+            means = np.array([e.value for e in estimates])
+            errors = np.array([[e.value - e.low, e.high - e.value] for e in estimates]).T
             x = np.arange(len(names)) + (c - (len(CONDITIONS) - 1) / 2) * width
             hatch = None if words == "label" else "//"
             color = "C0" if depth == "shallow" else "C3"
             label = f"{words} words, {depth} (k={results[0].k})"
-            ax.bar(x, means, width, yerr=errors, color=color, hatch=hatch, label=label)
+            ax.bar(x, means, width, yerr=errors, capsize=2, color=color, hatch=hatch, label=label)
         ax.set_xticks(np.arange(len(names)), names, rotation=20)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{metric} loyalty")
@@ -90,10 +93,14 @@ def loyalty_figure(results: Sequence[Loyalty]) -> Figure:
 
 
 def auc_figure(results: Sequence[AnchorAuc]) -> Figure:
-    """Fig. 5: AUC-ROC_l of A_l(q, p_i) for the model's prediction (left axis), R_l (right)."""
+    """Fig. 5: AUC-ROC_l of A_l(q, p_i) for the model's prediction (left axis; band: 95%
+    bootstrap interval over queries), R_l (right)."""
     figure, axes = _panels(len(results))
     for ax, result in zip(axes, results):
         ax.plot(result.layers, result.auc().numpy(), color="C0", marker=".", label="AUC-ROC$_l$")
+        intervals = result.intervals()
+        low, high = [e.low for e in intervals], [e.high for e in intervals]
+        ax.fill_between(result.layers, low, high, color="C0", alpha=0.2, linewidth=0)
         ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
         ax.set_ylim(0, 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -21,9 +21,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from icl_mech import stats
 from icl_mech.errors import IclMechError
 from icl_mech.prompts import PromptBatch
 
+from .loyalty import query_texts
 from .readout import Anchors, anchor_mask
 from .saliency import SaliencyResult
 
@@ -72,6 +74,10 @@ class Flows:
     values: Float[Tensor, "example layer 3"]
     layers: list[int]
     task: str = ""
+    queries: list[str] | None = None  # per example: the bootstrap's unit (see Loyalty)
+
+    def units(self) -> list:
+        return list(self.queries) if self.queries is not None else list(range(len(self.values)))
 
     def normalised(self) -> Float[Tensor, "example layer 3"]:
         return self.values / self.values.sum(-1, keepdim=True)
@@ -82,6 +88,13 @@ class Flows:
     def std(self, normalised: bool = False) -> Float[Tensor, "layer 3"]:
         values = self.normalised() if normalised else self.values
         return values.std(0) if len(values) > 1 else torch.zeros_like(values[0])
+
+    def intervals(self, normalised: bool = False):
+        """(mean, low, high, n): the mean over examples (NaN left out) per layer and flow with
+        a 95% bootstrap interval over queries (``stats.bootstrap_columns``)."""
+        values = self.normalised() if normalised else self.values
+        mean, low, high, n = stats.bootstrap_columns(values.double().numpy(), self.units())
+        return mean, low, high, n
 
     def dominant(self) -> list[str]:
         """Per layer, which of S_wp and S_pq is larger on average."""
@@ -102,12 +115,20 @@ class Flows:
         return frame
 
     def summary(self) -> pd.DataFrame:
-        """Mean and standard deviation over examples, per layer and flow."""
-        frame = self.to_frame()
-        grouped = frame.groupby(["task", "layer", "flow"], sort=False)
-        out = grouped[["value", "normalised"]].agg(["mean", "std"])
-        out.columns = [f"{a}_{b}" for a, b in out.columns]
-        return out.reset_index()
+        """Per layer and flow: the mean over examples of the raw (``value``) and renormalised
+        (``normalised``) saliency with 95% bootstrap intervals over queries (``*_low``,
+        ``*_high``); ``n`` distinct queries; ``share`` formats the renormalised one."""
+        index = pd.MultiIndex.from_product([self.layers, FLOWS], names=["layer", "flow"])
+        out = pd.DataFrame(index=index).reset_index()
+        out.insert(0, "task", self.task)
+        for name, normalised in (("value", False), ("normalised", True)):
+            mean, low, high, n = self.intervals(normalised)
+            out[name], out[f"{name}_low"], out[f"{name}_high"] = (
+                a.reshape(-1) for a in (mean, low, high)
+            )
+        out["n"] = n
+        out["share"] = stats.with_intervals(out, "normalised")
+        return out
 
     @classmethod
     def concat(cls, parts: Sequence[Flows]) -> Flows:
@@ -115,7 +136,11 @@ class Flows:
             raise IclMechError("Flows.concat: nothing to concatenate")
         if any(p.layers != parts[0].layers for p in parts):
             raise IclMechError("Flows.concat: parts cover different layers")
-        return cls(torch.cat([p.values for p in parts]), parts[0].layers, parts[0].task)
+        queries = None
+        if all(p.queries is not None for p in parts):
+            queries = [q for p in parts for q in p.queries]
+        values = torch.cat([p.values for p in parts])
+        return cls(values, parts[0].layers, parts[0].task, queries)
 
 
 def flows(result: SaliencyResult, batch: PromptBatch, anchors: Anchors = "all") -> Flows:
@@ -126,4 +151,5 @@ def flows(result: SaliencyResult, batch: PromptBatch, anchors: Anchors = "all") 
         anchor_mask(batch, anchors),
         batch.targets,
     )
-    return Flows(values, list(result.layers), batch.prompts[0].task.name)
+    task = batch.prompts[0].task.name
+    return Flows(values, list(result.layers), task, query_texts(batch))

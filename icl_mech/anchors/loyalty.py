@@ -19,14 +19,22 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from icl_mech import stats
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import Capture, points
-from icl_mech.prompts import PromptBatch
+from icl_mech.prompts import QUERY, PromptBatch
 
 from .isolation import IsolateLabelWords, IsolateRandomWords, deep_layers, shallow_layers
 from .readout import Anchors, check_anchors, concat_examples, require_label_words, target_logits
 
 CONDITIONS = (("shallow", "label"), ("shallow", "random"), ("deep", "label"), ("deep", "random"))
+METRICS = ("label_loyalty", "word_loyalty")
+
+
+def query_texts(batch: PromptBatch) -> list[str]:
+    """Each row's query as rendered in its prompt: the unit a bootstrap keeps together (the
+    same query drawn under several seeds is one unit)."""
+    return ["".join(s.text for s in p.segments if s.demo == QUERY) for p in batch.prompts]
 
 
 def label_loyalty(
@@ -51,22 +59,31 @@ def jaccard(a: Int[Tensor, "batch k"], b: Int[Tensor, "batch k2"]) -> Float[Tens
 
 @dataclass
 class Loyalty:
-    """Per example and condition: label loyalty (0/1) and word loyalty (Jaccard)."""
+    """Per example and condition: label loyalty (0/1) and word loyalty (Jaccard).
+
+    ``queries`` (one text per example) are the bootstrap's units: intervals resample queries,
+    keeping a query's rows from several seeds together (without them, every example is a unit).
+    """
 
     label: Float[Tensor, "example condition"]
     word: Float[Tensor, "example condition"]
     conditions: list[tuple[str, str]]  # (depth, isolated words)
     k: int
     task: str = ""
+    queries: list[str] | None = None
+
+    def units(self) -> list:
+        return list(self.queries) if self.queries is not None else list(range(len(self.label)))
 
     def to_frame(self) -> pd.DataFrame:
-        rows = []
+        rows, units = [], self.units()
         for e in range(len(self.label)):
             for c, (depth, words) in enumerate(self.conditions):
                 rows.append(
                     {
                         "task": self.task,
                         "example": e,
+                        "query": units[e],
                         "depth": depth,
                         "isolated": words,
                         "k": self.k,
@@ -77,14 +94,52 @@ class Loyalty:
         return pd.DataFrame(rows)
 
     def summary(self) -> pd.DataFrame:
-        grouped = self.to_frame().groupby(["task", "depth", "isolated"], sort=False)
-        out = grouped[["label_loyalty", "word_loyalty"]].agg(["mean", "std"])
-        out.columns = [f"{a}_{b}" for a, b in out.columns]
-        return out.reset_index()
+        """Per condition: mean label and word loyalty with a 95% bootstrap interval over
+        queries (``*_low``, ``*_high``), ``n`` the number of distinct queries, and the
+        formatted ``"0.60 [0.52, 0.68]"`` columns ``label`` and ``word``."""
+        frame, by = self.to_frame(), ["task", "depth", "isolated"]
+        label, word = (stats.summarise(frame, m, by, cluster="query") for m in METRICS)
+        out = label.drop(columns="n").merge(word, on=by)
+        out["label"] = stats.with_intervals(out, "label_loyalty")
+        out["word"] = stats.with_intervals(out, "word_loyalty")
+        return out
+
+    def effect(self, metric: str = "word", words: str = "label") -> stats.Estimate:
+        """Shallow minus deep isolation of ``words`` ("label" or "random"): the mean paired
+        difference of ``metric`` loyalty ("label" or "word") over the same examples, with a
+        bootstrap interval over queries."""
+        values = getattr(self, metric)
+        shallow = values[:, self.conditions.index(("shallow", words))]
+        deep = values[:, self.conditions.index(("deep", words))]
+        return stats.paired(shallow.numpy(), deep.numpy(), self.units())
+
+    def effects(self) -> pd.DataFrame:
+        """``effect`` for both metrics and both kinds of isolated words, as a tidy table."""
+        rows = []
+        for words in ("label", "random"):
+            for metric in ("label", "word"):
+                estimate = self.effect(metric, words)
+                row = {"task": self.task, "isolated": words, "metric": f"{metric}_loyalty"}
+                rows.append(row | estimate.as_dict("shallow_minus_deep") | {"k": self.k})
+        out = pd.DataFrame(rows)
+        out["effect"] = stats.with_intervals(out, "shallow_minus_deep")
+        return out
+
+    def estimate(self, depth: str, words: str, metric: str = "word") -> stats.Estimate:
+        values = getattr(self, metric)[:, self.conditions.index((depth, words))]
+        return stats.bootstrap(values.numpy(), self.units())
 
     @classmethod
     def concat(cls, parts: Sequence[Loyalty]) -> Loyalty:
-        return concat_examples(parts, "label", "word")
+        joined = concat_examples(parts, "label", "word")
+        joined.queries = _joined_queries(parts)
+        return joined
+
+
+def _joined_queries(parts) -> list[str] | None:
+    if any(p.queries is None for p in parts):
+        return None
+    return [q for p in parts for q in p.queries]
 
 
 def isolation_loyalty(
@@ -130,7 +185,8 @@ def isolation_loyalty(
     ids = batch.class_token_ids
     label = torch.stack([label_loyalty(base_logits[:, ids], r[:, ids]) for r in runs], 1)
     word = torch.stack([top_k_jaccard(base_logits, r, top_k) for r in runs], 1)
-    return Loyalty(label.float(), word, list(CONDITIONS), k, batch.prompts[0].task.name)
+    task = batch.prompts[0].task.name
+    return Loyalty(label.float(), word, list(CONDITIONS), k, task, query_texts(batch))
 
 
 def _base_run(model, batch, deep: list[int]):

@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from icl_mech import runner
+from icl_mech import runner, stats
 from icl_mech import settings as base
 from icl_mech import tasks as bundled
 from icl_mech.errors import IclMechError
@@ -22,16 +24,18 @@ from icl_mech.runner import Report
 
 from . import app_figures
 from .compression_experiment import (
-    METHODS,
+    METRICS,
+    SHOWN,
     compression_experiment,
     one_demonstration_each,
     time_per_query,
 )
 from .diagnosis import diagnose
-from .experiment import AnalysisSettings, TaskAnalysis, analyse_task
+from .experiment import AnalysisSettings, TaskAnalysis, analyse_task, task_prompts
 from .figures import auc_figure, flows_figure, loyalty_figure
 from .readout import Anchors, check_anchors
-from .reweighting_experiment import reweighting_experiment
+from .reweighting_experiment import ALL_TASKS, CONDITIONS, GAIN, reweighting_experiment
+from .saliency import saliency
 
 
 def compute_analysis(model, settings: AnalysisSettings, progress: bool = True) -> Report:
@@ -47,6 +51,7 @@ def compute_analysis(model, settings: AnalysisSettings, progress: bool = True) -
         tables={
             "flows": pd.concat([a.flows.summary() for a in analyses]),
             "loyalty": pd.concat([a.loyalty.summary() for a in analyses]),
+            "isolation_effect": pd.concat([a.loyalty.effects() for a in analyses]),
             "layers": pd.concat([a.to_frame() for a in analyses]),
             "summary": pd.DataFrame(summary),
         },
@@ -55,35 +60,83 @@ def compute_analysis(model, settings: AnalysisSettings, progress: bool = True) -
             "flows_raw": flows_figure([a.flows for a in analyses], normalised=False),
             "loyalty": loyalty_figure([a.loyalty for a in analyses]),
             "auc": auc_figure([a.auc for a in analyses]),
+            **_token_pictures(model, settings),
         },
         headline={a.task: headline(a) for a in analyses},
     )
 
 
+def _token_pictures(model, settings: AnalysisSettings) -> dict:
+    """The first task's first query: saliency edges over its tokens, shallow and deep layers."""
+    from icl_mech.prompts import PromptBatch
+    from icl_mech.show.saliency import layer_range, saliency_figure
+
+    prompts = task_prompts(bundled.load(settings.tasks[0]), settings.n_test, settings.seed)
+    batch = PromptBatch.from_prompts(model, prompts[:1])
+    result = saliency(model, batch, target=settings.target)
+    return {
+        f"saliency_tokens_{part}": saliency_figure(result, batch, 0, layer_range(result, part))
+        for part in ("shallow", "deep")
+    }
+
+
 def headline(analysis: TaskAnalysis) -> dict:
-    """Where each flow dominates, loyalty per condition, where AUC-ROC_l rises."""
+    """Where each flow dominates, loyalty per condition, where AUC-ROC_l rises. Every
+    accuracy, loyalty and AUC comes with ``*_ci``: its 95% bootstrap interval over queries (a
+    query drawn under several seeds is one unit); ``isolation_effect``: shallow minus deep
+    isolation of the label words, a paired interval over the same queries."""
     layers = analysis.flows.layers
     dominant = analysis.flows.dominant()
     auc, ratio = analysis.auc.auc(), analysis.auc.ratio()
+    resampled = analysis.auc.resampled_auc()
+    peak = int(auc.nan_to_num(0).argmax())
+    half = len(layers) // 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers of a resample
+        first_half = np.nanmean(resampled[:, :half], 1)
+        second_half = np.nanmean(resampled[:, half:], 1)
+    n = len(set(analysis.units()))
+    auc_peak = stats.from_resamples(float(auc.nan_to_num(0).max()), resampled[:, peak], n)
+    first = stats.from_resamples(float(auc[:half].nanmean()), first_half, n)
+    second = stats.from_resamples(float(auc[half:].nanmean()), second_half, n)
     return {
         "n": len(analysis.correct),
-        "accuracy": round(analysis.accuracy, 3),
+        "n_queries": n,
+        **_rounded("accuracy", analysis.accuracy_estimate()),
         "S_wp_dominant_layers": _ranges([ly for ly, d in zip(layers, dominant) if d == "S_wp"]),
         "S_pq_dominant_layers": _ranges([ly for ly, d in zip(layers, dominant) if d == "S_pq"]),
         "S_pq_dominant_from": _dominant_from(layers, dominant),
         "loyalty": {
-            f"{r.depth}_{r.isolated}": {
-                "label": round(r.label_loyalty_mean, 3),
-                "word": round(r.word_loyalty_mean, 3),
+            f"{depth}_{words}": {
+                **_rounded("label", analysis.loyalty.estimate(depth, words, "label")),
+                **_rounded("word", analysis.loyalty.estimate(depth, words, "word")),
             }
-            for r in analysis.loyalty.summary().itertuples()
+            for depth, words in analysis.loyalty.conditions
         },
-        "auc_peak_layer": layers[int(auc.nan_to_num(0).argmax())],
-        "auc_peak": round(float(auc.nan_to_num(0).max()), 3),
-        "auc_mean_first_half": round(float(auc[: len(layers) // 2].nanmean()), 3),
-        "auc_mean_second_half": round(float(auc[len(layers) // 2 :].nanmean()), 3),
+        "isolation_effect": {
+            f"{metric}_loyalty_shallow_minus_deep": _rounded_pair(
+                analysis.loyalty.effect(metric, "label")
+            )
+            for metric in ("label", "word")
+        },
+        "auc_peak_layer": layers[peak],
+        **_rounded("auc_peak", auc_peak),
+        **_rounded("auc_mean_first_half", first),
+        **_rounded("auc_mean_second_half", second),
         "R_half_layer": next((ly for ly, r in zip(layers, ratio.tolist()) if r >= 0.5), None),
     }
+
+
+def _rounded(name: str, estimate, digits: int = 3) -> dict:
+    """``{name: value, name_ci: [low, high]}``, rounded."""
+    return {
+        name: round(estimate.value, digits),
+        f"{name}_ci": [round(estimate.low, digits), round(estimate.high, digits)],
+    }
+
+
+def _rounded_pair(estimate, digits: int = 3) -> dict:
+    return _rounded("value", estimate, digits)
 
 
 def _dominant_from(layers: list[int], dominant: list[str]) -> int | None:
@@ -113,11 +166,13 @@ def _ranges(layers: list[int]) -> str:
 class ApplicationSettings(base.Settings):
     """Tables 1-3 and the diagnosis. Re-weighting trains beta (Adam, ``lr``, ``epochs``,
     ``batch_size``) on ``aux_per_class`` auxiliary examples per class; compression averages
-    ``n_draws`` random draws; timing takes the median of ``rounds`` over ``timing_queries``."""
+    ``n_draws`` random draws and picks Hidden_random-top's on ``n_select`` held-out queries;
+    timing takes the median of ``rounds`` over ``timing_queries``."""
 
     QUICK = dict(
-        tasks=("sentiment",), n_test=16, n_seeds=1, epochs=2, n_draws=2, timing_queries=3,
-        rounds=1, diagnosis_tasks=("question_type",), diagnosis_queries=24, scan=False,
+        tasks=("sentiment",), n_test=16, n_seeds=1, epochs=2, n_draws=2, n_select=16,
+        timing_queries=3, rounds=1, diagnosis_tasks=("question_type",), diagnosis_queries=24,
+        scan=False,
     )  # fmt: skip
     tasks: tuple[str, ...] = tuple(bundled.names("classification"))
     n_test: int = 64
@@ -128,6 +183,7 @@ class ApplicationSettings(base.Settings):
     aux_per_class: int = 4
     anchors: Anchors = "all"
     n_draws: int = 10
+    n_select: int = 64  # held-out queries that choose Hidden_random-top's draw
     timing_queries: int = 8
     rounds: int = 3
     diagnosis_tasks: tuple[str, ...] = ("question_type", "topic", "emotion")
@@ -139,7 +195,7 @@ class ApplicationSettings(base.Settings):
         base.known(self, "tasks", classification)
         base.known(self, "diagnosis_tasks", classification)
         base.positive(self, "n_test", "n_seeds", "batch_size", "aux_per_class", "n_draws",
-                        "timing_queries", "rounds", "diagnosis_queries")  # fmt: skip
+                        "n_select", "timing_queries", "rounds", "diagnosis_queries")  # fmt: skip
         base.positive(self, "epochs", allow_zero=True)
         check_anchors(self.anchors)
         if not self.lr > 0:
@@ -157,7 +213,7 @@ def compute_applications(model, settings: ApplicationSettings, progress: bool = 
     table1 = reweighting_experiment(model, task_list, s.n_test, s.seeds, progress=progress,
                                     aux_per_class=s.aux_per_class, **training)  # fmt: skip
     table2 = compression_experiment(model, task_list, s.n_test, s.seeds, n_draws=s.n_draws,
-                                    progress=progress)  # fmt: skip
+                                    n_select=s.n_select, progress=progress)  # fmt: skip
     steps = tqdm(task_list, desc="timing", disable=not progress, leave=False)
     table3 = pd.DataFrame([_speedups(model, task, s) for task in steps]).set_index("task")
     diagnoses = []
@@ -198,13 +254,17 @@ def _speedups(model, task, settings: ApplicationSettings) -> dict:
 
 
 def _application_headline(table1, table2, table3: pd.DataFrame, diagnoses) -> dict:
-    average = table1.table().loc["average"]
+    """Accuracies, gains and loyalties in % as "value [95% interval]" (the tables' strings)."""
+    rows = table1.table()
+    overall = rows.loc[ALL_TASKS]
+    out = {f"table1 {c}": overall[c] for c in CONDITIONS}
+    out["table1 gain"] = overall[GAIN]
+    out["table1 gain per task"] = {t: rows.loc[t, GAIN] for t in rows.index if t != ALL_TASKS}
     compressed = table2.table()
-    out = {f"table1 {k}": round(float(v), 2) for k, v in average.items()}
-    out["table1 gain"] = round(float(average["re-weighted 1-shot"] - average["vanilla 1-shot"]), 2)
     out["table2"] = {
-        method: {metric: round(float(v), 2) for metric, v in compressed.loc[method].items()}
-        for method in METHODS
+        method: {"kept": float(compressed.loc[method, "kept"])}
+        | {metric: compressed.loc[method, SHOWN[metric]] for metric in METRICS}
+        for method in compressed.index
     }
     out["table3 speed-up"] = {t: round(float(v), 2) for t, v in table3["speedup"].items()}
     for d in diagnoses:

@@ -15,13 +15,17 @@ from icl_mech.anchors.compression import answer, encode_shared
 from icl_mech.anchors.reweighting import TrainedBeta, train_beta
 from icl_mech.batching import index_batches
 from icl_mech.prompts import ICLPrompt, Task
+from icl_mech.stats import Estimate, bootstrap, paired
 
 
 def split_for_reweighting(task: Task, n_test: int, aux_per_class: int, seed: int) -> tuple:
-    """(1 demonstration per class, ``aux_per_class`` auxiliary examples per class, test)."""
+    """(1 demonstration per class, ``aux_per_class`` auxiliary examples per class, test):
+    disjoint, and no auxiliary example shares an input with a demonstration (``Task.leaks``);
+    the test part shares none with either (``Task.split``)."""
     pool, test = task.split(n_test, seed)
     demonstrations = pool.sample_demonstrations(1, rng := random.Random(seed))
-    rest = pool.with_examples([e for e in pool.examples if e not in demonstrations])
+    kept = [e for e in pool.examples if not any(pool.leaks(e, d) for d in demonstrations)]
+    rest = pool.with_examples(kept)
     return demonstrations, rest.sample_demonstrations(aux_per_class, rng), list(test.examples)
 
 
@@ -43,9 +47,16 @@ def predict_classes(
     return torch.cat(predicted), batch.gold
 
 
+GAIN = "gain (re-weighted - vanilla 1-shot)"
+NUMBERS = dict(zip((*CONDITIONS, GAIN), ("vanilla_1_shot", "vanilla_5_shot", "reweighted_1_shot",
+                                         "gain")))  # fmt: skip
+ALL_TASKS = "all tasks"
+
+
 @dataclass
 class ReweightingTable:
-    """Wang et al.'s Table 1: accuracy per task, seed and condition (``CONDITIONS``)."""
+    """Wang et al.'s Table 1: one record per task, seed, condition (``CONDITIONS``) and test
+    query (``correct``: 0 or 1)."""
 
     records: list[dict]
     trained: list[TrainedBeta]
@@ -53,12 +64,37 @@ class ReweightingTable:
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.records)
 
+    def per_query(self) -> pd.DataFrame:
+        """One row per task, seed and test query, one column per condition; ``unit``: the
+        query, the bootstrap cluster (a query seen under several seeds is one unit)."""
+        frame = self.to_frame()
+        wide = frame.pivot_table("correct", ["task", "seed", "item", "query"], "condition",
+                                 sort=False).reset_index()  # fmt: skip
+        wide["unit"] = wide["task"] + "\x1f" + wide["query"]
+        return wide
+
+    def estimates(self) -> dict[str, dict[str, Estimate]]:
+        """Per task and over all tasks (pooled test queries): accuracy (%) of each condition and
+        the paired gain of re-weighting over vanilla 1-shot, 95% bootstrap over queries."""
+        wide = self.per_query()
+        groups = [(task, part) for task, part in wide.groupby("task", sort=False)]
+        out = {}
+        for name, part in [*groups, (ALL_TASKS, wide)]:
+            units = part["unit"].tolist()
+            out[name] = {c: bootstrap(part[c] * 100, units) for c in CONDITIONS}
+            out[name][GAIN] = paired(part[CONDITIONS[2]] * 100, part[CONDITIONS[0]] * 100, units)
+        return out
+
     def table(self) -> pd.DataFrame:
-        """Accuracy (%) per task, averaged over seeds, with an average row."""
-        frame = self.to_frame().pivot_table("accuracy", "task", "condition", sort=False)
-        frame = frame[list(CONDITIONS)] * 100
-        frame.loc["average"] = frame.mean()
-        return frame.round(2)
+        """Per task and over all tasks: each condition's accuracy (%) and the gain as
+        "value [low, high]", then the numbers (value, _low, _high) and ``n`` (test queries)."""
+        rows = []
+        for name, estimates in self.estimates().items():
+            row = {"task": name} | {k: e.format(1) for k, e in estimates.items()}
+            for key, estimate in estimates.items():
+                row |= estimate.as_dict(NUMBERS[key])
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("task")
 
 
 def reweighting_experiment(
@@ -90,10 +126,10 @@ def reweighting_experiment(
             }
             before, after = trained.aux_loss
             records += [
-                dict(task=task.name, seed=seed, condition=condition, n=len(gold),
-                     accuracy=float((predicted == gold).float().mean()),
-                     aux_loss_before=before, aux_loss_after=after)
+                dict(task=task.name, seed=seed, condition=condition, item=i, query=query.x,
+                     correct=float(right), aux_loss_before=before, aux_loss_after=after)
                 for condition, (predicted, gold) in runs.items()
+                for i, (query, right) in enumerate(zip(test, (predicted == gold).tolist()))
             ]  # fmt: skip
             trained_all.append(trained)
     return ReweightingTable(records, trained_all)

@@ -65,25 +65,31 @@ class SaliencyProbe(Probe):
     layers: Sequence[int] | None = None
     heads: HeadReduction = "abs-of-sum"
     patterns: dict[int, Tensor] = field(default_factory=dict, init=False)
+    _order: list[int] = field(default_factory=list, init=False, repr=False)
 
     def specs(self, model, batch):
         if self.heads not in ("abs-of-sum", "sum-of-abs"):
             raise IclMechError(f"heads must be 'abs-of-sum' or 'sum-of-abs', got {self.heads!r}")
-        layers = check_layers(model, self.layers, "saliency")
+        layers = self._order = self.order(model)
         self.patterns = {}
         specs = [HookSpec(points(model, "hook_resid_pre", [0])[0], _track_gradients)]
         for layer, name in zip(layers, points(model, "attn.hook_pattern", layers)):
             specs.append(HookSpec(name, partial(self._keep, layer)))
         return specs
 
+    def order(self, model) -> list[int]:
+        """The layers as given (default: all), each once: the order of ``scores``' layer axis."""
+        return list(dict.fromkeys(check_layers(model, self.layers, "saliency")))
+
     def _keep(self, layer: int, pattern: Tensor, hook) -> None:
         self.patterns[layer] = pattern
 
     def scores(self, loss: Tensor) -> Float[Tensor, "batch layer query key"]:
-        """One backward pass from ``loss`` to every kept pattern; frees the patterns."""
+        """One backward pass from ``loss`` to every kept pattern; frees the patterns. The layer
+        axis follows the probe's ``layers`` as given (``order``), not the model's order."""
         if not self.patterns:
             raise IclMechError("SaliencyProbe.scores: no pattern was captured; run a forward first")
-        layers = sorted(self.patterns)
+        layers = [layer for layer in self._order if layer in self.patterns]
         patterns = [self.patterns[layer] for layer in layers]
         if not loss.requires_grad or not all(p.requires_grad for p in patterns):
             raise IclMechError(
@@ -103,7 +109,7 @@ class SaliencyProbe(Probe):
 
 @dataclass
 class SaliencyResult:
-    """I_l for one batch; row order is the batch's."""
+    """I_l for one batch; row order is the batch's, ``scores[:, i]`` is layer ``layers[i]``."""
 
     scores: Float[Tensor, "batch layer query key"]
     layers: list[int]
@@ -146,7 +152,7 @@ def saliency(
         scores = probe.scores(loss.sum())
     return SaliencyResult(
         scores=scores,
-        layers=check_layers(model, layers, "saliency"),
+        layers=probe.order(model),
         logits=logits.detach(),
         class_logits=class_logits.detach(),
         labels=labels,

@@ -20,7 +20,9 @@ BASELINES = {"none": ("no steering", "tab:gray", ":"), "icl": ("ICL prompt", "ta
 
 
 def sweep_figure(evaluations: Mapping[str, StyleEvaluation]) -> Figure:
-    """One row per pair set: style, content and fluency against λ; baselines as lines."""
+    """One row per pair set: style, content and fluency against λ; baselines as lines.
+    Whiskers (ICV) and bands (baselines): 95% bootstrap intervals over the test sentences
+    (style and BLEU; perplexity has none)."""
     fig = Figure(figsize=(4.2 * len(PANELS), 3.2 * len(evaluations)))
     axes = fig.subplots(len(evaluations), len(PANELS), squeeze=False)
     for row, (name, evaluation) in enumerate(evaluations.items()):
@@ -29,10 +31,20 @@ def sweep_figure(evaluations: Mapping[str, StyleEvaluation]) -> Figure:
         for col, (metric, label) in enumerate(PANELS):
             ax = axes[row, col]
             ax.plot(steered["strength"], steered[metric], "o-", color="tab:blue", label="ICV")
+            if f"{metric}_low" in steered:
+                errors = [
+                    steered[metric] - steered[f"{metric}_low"],
+                    steered[f"{metric}_high"] - steered[metric],
+                ]
+                ax.errorbar(steered["strength"], steered[metric], yerr=errors, fmt="none",
+                            ecolor="tab:blue", elinewidth=0.8, capsize=2)  # fmt: skip
             for condition, (text, color, style) in BASELINES.items():
-                value = summary.loc[summary.condition == condition, metric]
-                if len(value):
-                    ax.axhline(float(value.iloc[0]), color=color, ls=style, label=text)
+                base = summary[summary.condition == condition]
+                if len(base):
+                    ax.axhline(float(base[metric].iloc[0]), color=color, ls=style, label=text)
+                    if f"{metric}_low" in base:
+                        low, high = base[f"{metric}_low"].iloc[0], base[f"{metric}_high"].iloc[0]
+                        ax.axhspan(low, high, color=color, alpha=0.12, linewidth=0)
             ax.set_xlabel("λ")
             ax.set_title(f"{name}: {label}" if col == 0 else label, fontsize=10)
             if metric == "style":

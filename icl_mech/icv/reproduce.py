@@ -110,6 +110,13 @@ def _headline(summary: pd.DataFrame, paraphrase) -> dict:
         condition = row.condition if row.condition != "icv" else f"icv@{row.strength:g}"
         for metric in ("style", "bleu_source", "perplexity"):
             headline[f"{row.pair_set}/{condition}/{metric}"] = round(float(row[metric]), 3)
+            if f"{metric}_low" in row:  # 95% bootstrap interval over the test sentences
+                ci = [round(float(row[f"{metric}_{end}"]), 3) for end in ("low", "high")]
+                headline[f"{row.pair_set}/{condition}/{metric}_ci"] = ci
+        if row.condition != "none":  # paired over the same sources
+            headline[f"{row.pair_set}/{condition}/style_gain"] = round(float(row.style_gain), 3)
+            ci = [round(float(row[f"style_gain_{end}"]), 3) for end in ("low", "high")]
+            headline[f"{row.pair_set}/{condition}/style_gain_ci"] = ci
     for lam, text in zip(paraphrase.strengths, paraphrase.completions):
         headline[f"paraphrase_example/λ={lam:g}"] = text
     return headline

@@ -6,12 +6,7 @@ batched pass (``sweep_logits``), and evaluate baseline / ICL / task-vector accur
 """
 
 from icl_mech.task_vectors.conflict import ConflictResult, conflicting_tasks
-from icl_mech.task_vectors.evaluate import (
-    TaskResult,
-    TaskVectorResults,
-    evaluate,
-    evaluate_task,
-)
+from icl_mech.task_vectors.evaluate import evaluate, evaluate_task
 from icl_mech.task_vectors.extract import (
     draw_dummies,
     extract,
@@ -21,6 +16,7 @@ from icl_mech.task_vectors.extract import (
 )
 from icl_mech.task_vectors.generate import Generation, greedy
 from icl_mech.task_vectors.patching import AddToResidual, ReplaceResidual
+from icl_mech.task_vectors.results import TaskResult, TaskVectorResults
 from icl_mech.task_vectors.settings import Settings
 from icl_mech.task_vectors.sweep import LayerSweep, naive_sweep_logits, sweep_logits
 from icl_mech.task_vectors.vector import TaskVector

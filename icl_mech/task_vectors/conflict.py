@@ -9,11 +9,13 @@ added at its chosen layer. The answer follows A (the demonstrations) or B (the v
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 
+from icl_mech import stats
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import run
@@ -33,9 +35,18 @@ class ConflictResult:
     layer_add: int
     follows_a: dict[str, float]  # per condition: share answering as task A
     follows_b: dict[str, float]  # ... as task B
+    # per condition and query: the first token is task A's / task B's answer
+    hits_a: dict[str, list[bool]] = field(default_factory=dict, repr=False)
+    hits_b: dict[str, list[bool]] = field(default_factory=dict, repr=False)
+
+    def estimate(self, condition: str, task: str = "a") -> stats.Estimate:
+        """The share following task ``"a"`` (demonstrations) or ``"b"`` (vector) with a 95%
+        bootstrap interval over the queries."""
+        hits = self.hits_a if task == "a" else self.hits_b
+        return stats.bootstrap(np.asarray(hits[condition], dtype=float))
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             {
                 "demonstrations": self.task_a,
                 "vector": self.task_b,
@@ -45,6 +56,12 @@ class ConflictResult:
                 "n_queries": self.n_queries,
             }
         )
+        if self.hits_a:
+            for column, task in (("follows_demonstrations", "a"), ("follows_vector", "b")):
+                estimates = [self.estimate(c, task) for c in frame["condition"]]
+                frame[f"{column}_low"] = [e.low for e in estimates]
+                frame[f"{column}_high"] = [e.high for e in estimates]
+        return frame
 
 
 def shared_queries(model, task_a: Task, task_b: Task) -> list[tuple[str, str, str]]:
@@ -105,14 +122,16 @@ def conflicting_tasks(
             mean_difference_b.intervention(layer_add, "add", scale=protocol.scale),
         ),
     }
-    follows_a, follows_b = {}, {}
+    follows_a, follows_b, hits_a, hits_b = {}, {}, {}, {}
     for name, items in conditions.items():
         predicted = _predict(model, prompts, items, protocol.batch_size)
         follows_a[name] = float((predicted == gold_a).float().mean())
         follows_b[name] = float((predicted == gold_b).float().mean())
+        hits_a[name], hits_b[name] = (predicted == gold_a).tolist(), (predicted == gold_b).tolist()
     return ConflictResult(
-        task_a.name, task_b.name, len(chosen), layer_replace, layer_add, follows_a, follows_b
-    )
+        task_a.name, task_b.name, len(chosen), layer_replace, layer_add, follows_a, follows_b,
+        hits_a, hits_b,
+    )  # fmt: skip
 
 
 def _predict(model, prompts, items, batch_size: int) -> torch.Tensor:

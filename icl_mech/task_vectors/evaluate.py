@@ -16,9 +16,8 @@ answer (continued from the patched run) for multi-token outputs.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -30,14 +29,12 @@ from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
 from icl_mech.evaluation import answer_token_ids, predict
 from icl_mech.prompts import ICLPrompt, PromptBatch, Task
-from icl_mech.task_vectors.extract import draw_dummies, extract, mean_difference
+from icl_mech.task_vectors.extract import draw_dummies, extract, mean_difference, sample_sets
 from icl_mech.task_vectors.generate import exact_match, greedy
+from icl_mech.task_vectors.results import TaskResult, TaskVectorResults
 from icl_mech.task_vectors.settings import Settings
 from icl_mech.task_vectors.sweep import LayerSweep, sweep_logits
 from icl_mech.task_vectors.vector import TaskVector
-
-CONDITIONS = ("baseline", "icl", "tv_replace", "tv_add")
-
 
 DEFAULT_SETTINGS = Settings()
 
@@ -55,99 +52,41 @@ class SplitData:
     zero_shot_batches: list[tuple[list[int], PromptBatch]]  # (query indices, batch)
 
 
-@dataclass
-class TaskResult:
-    task: str
-    n_layers: int
-    n_dev: int
-    n_test: int
-    layer_replace: int
-    layer_add: int
-    accuracy: dict[str, float]  # first token, per condition
-    exact: dict[str, float]  # full greedy answer, per condition
-    curves: list[LayerSweep]
-    answers: pd.DataFrame  # per test query: gold and each condition's greedy answer
-    mean_difference: TaskVector = field(repr=False)
-    dev_baseline: float = float("nan")  # zero-shot first-token accuracy on dev
-
-    def curve(self, mode: str, split: str = "test") -> LayerSweep:
-        return next(c for c in self.curves if c.mode == mode and c.split == split)
-
-    def to_frame(self) -> pd.DataFrame:
-        row = {
-            "task": self.task,
-            "n_test": self.n_test,
-            **self.accuracy,
-            "layer_replace": self.layer_replace,
-            "depth_replace": (self.layer_replace + 1) / self.n_layers,
-            "dev_baseline": self.dev_baseline,
-            "dev_tv_replace": self.curve("replace", "dev").at(self.layer_replace),
-            "layer_add": self.layer_add,
-            "depth_add": (self.layer_add + 1) / self.n_layers,
-            "dev_tv_add": self.curve("add", "dev").at(self.layer_add),
-            **{f"exact_{k}": v for k, v in self.exact.items()},
-        }
-        return pd.DataFrame([row])
-
-
-@dataclass
-class TaskVectorResults:
-    """The table over tasks."""
-
-    tasks: list[TaskResult]
-    protocol: Settings
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.concat([t.to_frame() for t in self.tasks], ignore_index=True)
-
-    def curves_frame(self) -> pd.DataFrame:
-        return pd.concat([c.to_frame() for t in self.tasks for c in t.curves], ignore_index=True)
-
-    def summary(self, tasks: Sequence[str] | None = None) -> dict[str, float]:
-        """Means over tasks (all, or the named ones). The depths average only the tasks where
-        the vector beats zero-shot on dev at its chosen layer (elsewhere no layer works and the
-        choice is a tie-break)."""
-        frame = self.to_frame()
-        if tasks is not None:
-            frame = frame[frame["task"].isin(list(tasks))]
-        means = {k: float(frame[k].mean()) for k in CONDITIONS}
-        icl = means["icl"] or float("nan")
-        return {
-            **means,
-            "tv_replace_over_icl": means["tv_replace"] / icl,
-            "tv_add_over_icl": means["tv_add"] / icl,
-            "depth_replace": _mean_where(frame, "depth_replace", "dev_tv_replace"),
-            "depth_add": _mean_where(frame, "depth_add", "dev_tv_add"),
-        }
-
-
-def _mean_where(frame: pd.DataFrame, column: str, dev_accuracy: str) -> float:
-    working = frame[frame[dev_accuracy] > frame["dev_baseline"]]
-    return float(working[column].mean()) if len(working) else float("nan")
-
-
 def splits(task: Task, protocol: Settings) -> tuple[Task, Task, Task]:
-    """(train, dev, test), seeded and disjoint. Small tasks get smaller dev/test sets (at most a
-    third / a quarter of the examples) so that demonstrations still come from a varied pool."""
+    """(train, dev, test), seeded and disjoint: no example, and no pair in either direction
+    (x → y, y → x: ``Task.groups``), is in two of them. Small tasks get smaller dev/test sets
+    (at most a third / a quarter of the examples) so that demonstrations still come from a
+    varied pool."""
     size = len(task.examples)
     n_test = min(protocol.n_test, size // 3)
     n_dev = min(protocol.n_dev, size // 4)
     needed = protocol.n_demonstrations + protocol.n_dummies
+    too_few = (
+        f"task {task.name!r} has {size} examples: too few for dev and test sets plus "
+        f"{protocol.n_demonstrations} demonstrations and {protocol.n_dummies} dummy queries"
+    )
     if min(n_test, n_dev) < 1 or size - n_test - n_dev < needed:
-        raise IclMechError(
-            f"task {task.name!r} has {size} examples: too few for dev and test sets plus "
-            f"{protocol.n_demonstrations} demonstrations and {protocol.n_dummies} dummy queries"
-        )
+        raise IclMechError(too_few)
     pool, test = task.split(n_test, protocol.seed)
     train, dev = pool.split(n_dev, protocol.seed + 1)
+    if len(train.examples) < needed:  # whole pairs went with dev/test
+        raise IclMechError(f"{too_few} ({len(train.examples)} left for training)")
+    parts = {"train": train, "dev": dev, "test": test}
+    seen: dict = {}
+    for part, split in parts.items():
+        for e in split.examples:
+            for key in (e, frozenset((e.x, e.y))):
+                if seen.setdefault(key, part) != part:
+                    raise IclMechError(
+                        f"task {task.name!r}: {e!r} is in both {seen[key]} and {part}"
+                    )
     return train, dev, test
 
 
 def prepare(model, task: Task, train: Task, queries: Sequence, protocol: Settings, seed: int):
     """Per query: its demonstration set, dummies, zero-shot and ICL prompts, and θ."""
-    rng = random.Random(seed)
-    sets = [train.sample_demonstrations(protocol.n_demonstrations, rng) for _ in queries]
-    dummies = draw_dummies(train, sets, protocol.n_dummies, seed)
+    sets = sample_sets(train, len(queries), protocol.n_demonstrations, seed, queries=queries)
+    dummies = draw_dummies(train, sets, protocol.n_dummies, seed, queries=queries)
     theta = extract(model, train, sets, dummies, seed=seed, batch_size=protocol.batch_size)
     zero_shot = [ICLPrompt.zero_shot(task, q) for q in queries]
     icl = [ICLPrompt.build(task, demos, q) for demos, q in zip(sets, queries)]
@@ -195,14 +134,14 @@ def evaluate_task(model, task: Task, protocol: Settings = DEFAULT_SETTINGS) -> T
         "tv_replace": (zero_shot, test_data.theta, layer_replace, "replace"),
         "tv_add": (zero_shot, delta, layer_add, "add"),
     }
-    accuracy, exact = {}, {}
+    accuracy, exact, correct = {}, {}, {}
     answers = {"query": [q.x for q in test.examples], "gold": [q.y for q in test.examples]}
     for condition, (tokenised, vector, layer, mode) in runs.items():
         first, matched, texts = _answers(
             model, tokenised, test_data.gold, protocol, vector, layer, mode
         )
-        accuracy[condition], exact[condition] = first, matched
-        answers[condition] = texts
+        accuracy[condition], exact[condition] = sum(first) / len(first), matched
+        answers[condition], correct[condition] = texts, first
     return TaskResult(
         task.name,
         model.cfg.n_layers,
@@ -216,6 +155,7 @@ def evaluate_task(model, task: Task, protocol: Settings = DEFAULT_SETTINGS) -> T
         pd.DataFrame(answers),
         delta,
         _first_token_accuracy(model, dev_data),
+        correct,
     )
 
 
@@ -241,17 +181,19 @@ def _answers(
     vector: TaskVector | None,
     layer: int,
     mode: str,
-) -> tuple[float, float, list[str]]:
-    """First-token accuracy, exact-match accuracy and the greedy answers of the tokenised
-    prompts, with ``vector`` (one set per prompt, or one shared set) patched in at ``layer``."""
-    first, matched, texts, n = 0, 0, [], len(gold)
+) -> tuple[list[bool], float, list[str]]:
+    """First-token correctness per prompt (in query order), exact-match accuracy and the greedy
+    answers of the tokenised prompts, with ``vector`` (one set per prompt, or one shared set)
+    patched in at ``layer``."""
+    first, matched, texts, n = [False] * len(gold), 0, [], len(gold)
     for index, batch in tokenised:
         items = []
         if vector is not None:
             rows = vector if len(vector) == 1 else vector.select(index)
             items.append(rows.intervention(layer, mode, scale=protocol.scale))
         out = greedy(model, batch, *items, max_new_tokens=max(1, protocol.max_new_tokens))
-        first += int((out.first_tokens == gold[index]).sum())
+        for i, hit in zip(index, (out.first_tokens == gold[index]).tolist()):
+            first[i] = bool(hit)
         matched += sum(exact_match(out, batch.prompts))
         texts += out.texts
-    return first / n, matched / n, texts
+    return first, matched / n, texts

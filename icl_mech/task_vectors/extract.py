@@ -46,30 +46,53 @@ def last_token_states(
 
 
 def sample_sets(
-    task: Task, n_sets: int, n_demonstrations: int = 5, seed: int = 0
+    task: Task,
+    n_sets: int,
+    n_demonstrations: int = 5,
+    seed: int = 0,
+    queries: Sequence[Demonstration | str] | None = None,
 ) -> list[list[Demonstration]]:
-    """``n_sets`` seeded demonstration sets of the task's examples."""
+    """``n_sets`` seeded demonstration sets of the task's examples.
+
+    With ``queries`` (one per set), set ``i`` never holds an example that would give
+    ``queries[i]`` away (``Task.leaks``: the query, its other direction, its input or answer).
+    """
     validate.count(n_sets, "sample_sets n_sets")
     validate.count(
         n_demonstrations, "sample_sets n_demonstrations", hint=" (a set needs at least 1 example)"
     )
+    if queries is not None and len(queries) != n_sets:
+        raise IclMechError(f"sample_sets: {len(queries)} queries for {n_sets} sets; give one each")
     rng = random.Random(seed)
-    return [task.sample_demonstrations(n_demonstrations, rng) for _ in range(n_sets)]
+    targets = [None] * n_sets if queries is None else list(queries)
+    return [task.sample_demonstrations(n_demonstrations, rng, exclude=q) for q in targets]
 
 
 def draw_dummies(
-    task: Task, demonstration_sets: DemonstrationSets, n_dummies: int = 2, seed: int = 0
+    task: Task,
+    demonstration_sets: DemonstrationSets,
+    n_dummies: int = 2,
+    seed: int = 0,
+    queries: Sequence[Demonstration | str] | None = None,
 ) -> list[list[Demonstration]]:
-    """Per set, ``n_dummies`` queries of the task that are not among the set's examples."""
+    """Per set, ``n_dummies`` queries of the task that give none of the set's examples away
+    (not among them, not their other direction, no shared input or answer: ``Task.leaks``) and,
+    with ``queries`` (one per set), that give none away of the set's real query either."""
     validate.count(n_dummies, "draw_dummies n_dummies")
+    if queries is not None and len(queries) != len(demonstration_sets):
+        raise IclMechError(
+            f"draw_dummies: {len(queries)} queries for {len(demonstration_sets)} sets; "
+            "give one each"
+        )
     rng = random.Random(seed)
     drawn = []
-    for demos in demonstration_sets:
-        pool = [e for e in task.examples if e not in demos]
+    for i, demos in enumerate(demonstration_sets):
+        avoid = [*demos, *([] if queries is None else [queries[i]])]
+        pool = [e for e in task.examples if not any(task.leaks(e, a) for a in avoid)]
         if len(pool) < n_dummies:
             raise IclMechError(
                 f"task {task.name!r}: {n_dummies} dummy queries asked, {len(pool)} examples "
-                "left outside the demonstration set"
+                "left that give away neither the demonstration set nor its query"
             )
         drawn.append(rng.sample(pool, n_dummies))
     return drawn

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from icl_mech.plotting import figure
 from icl_mech.task_vectors.conflict import ConflictResult
-from icl_mech.task_vectors.evaluate import CONDITIONS, TaskVectorResults
+from icl_mech.task_vectors.results import CONDITIONS, TaskVectorResults
 
 LABELS = {
     "baseline": "baseline (zero-shot)",
@@ -47,17 +47,21 @@ def layer_curves(results: TaskVectorResults, split: str = "dev") -> Figure:
 
 
 def accuracy_bars(results: TaskVectorResults) -> Figure:
-    """Baseline, ICL and the two task-vector variants per task (test), with the mean."""
-    table = results.to_frame().set_index("task")
-    means = table[list(CONDITIONS)].mean().rename("mean")
-    values = table[list(CONDITIONS)]
-    values.loc["mean"] = means
-    x = np.arange(len(values))
+    """Baseline, ICL and the two task-vector variants per task (test), with the mean over
+    tasks. Whiskers: 95% bootstrap intervals over test queries (the mean: stratified, queries
+    resampled within tasks)."""
+    means = results.intervals()
+    names = [t.task for t in results.tasks] + ["mean"]
+    x = np.arange(len(names))
     width = 0.8 / len(CONDITIONS)
-    fig, ax = figure(max(7, 0.55 * len(values) + 2), 4)
+    fig, ax = figure(max(7, 0.55 * len(names) + 2), 4)
     for i, condition in enumerate(CONDITIONS):
-        ax.bar(x + (i - 1.5) * width, values[condition], width, label=LABELS[condition])
-    ax.set_xticks(x, values.index, rotation=60, ha="right", fontsize=8)
+        estimates = [t.estimate(condition) for t in results.tasks] + [means[condition]]
+        values = np.array([e.value for e in estimates])
+        errors = np.array([[e.value - e.low, e.high - e.value] for e in estimates]).T
+        ax.bar(x + (i - 1.5) * width, values, width, yerr=errors, capsize=1.5,
+               error_kw={"elinewidth": 0.8}, label=LABELS[condition])  # fmt: skip
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("first-token accuracy (test)")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8, ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
@@ -71,8 +75,15 @@ def conflict_bars(conflicts: Sequence[ConflictResult]) -> Figure:
     for ax, result in zip(axes[0], conflicts):
         frame = result.to_frame()
         x = np.arange(len(frame))
-        ax.bar(x - 0.2, frame["follows_demonstrations"], 0.4, label=f"A: {result.task_a}")
-        ax.bar(x + 0.2, frame["follows_vector"], 0.4, label=f"B: {result.task_b}")
+        for shift, column, label in (
+            (-0.2, "follows_demonstrations", f"A: {result.task_a}"),
+            (0.2, "follows_vector", f"B: {result.task_b}"),
+        ):
+            errors = None
+            if f"{column}_low" in frame:  # whiskers: 95% bootstrap interval over queries
+                low, high = frame[f"{column}_low"], frame[f"{column}_high"]
+                errors = np.stack([frame[column] - low, high - frame[column]])
+            ax.bar(x + shift, frame[column], 0.4, yerr=errors, capsize=2, label=label)
         ax.set_xticks(x, frame["condition"], rotation=20, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"demos of A, vector of B (n={result.n_queries})", fontsize=9)

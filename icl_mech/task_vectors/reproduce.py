@@ -27,7 +27,12 @@ def compute(model, settings: Settings, progress: bool = True) -> Report:
         for a, b in settings.pairs
     ]  # fmt: skip
     results.tasks = [by_task[n] for n in names]
-    tables = {"table": results.to_frame(), "curves": results.curves_frame()}
+    tables = {
+        "table": results.to_frame(),
+        "accuracy": results.accuracy_frame(),
+        "effects": results.effects_frame(),
+        "curves": results.curves_frame(),
+    }
     figures = {"layers": layer_curves(results), "accuracy": accuracy_bars(results)}
     if conflicts:
         tables["conflict"] = pd.concat([c.to_frame() for c in conflicts], ignore_index=True)
@@ -36,22 +41,39 @@ def compute(model, settings: Settings, progress: bool = True) -> Report:
 
 
 def _headline(results, conflicts) -> dict:
-    def rounded(summary: dict) -> dict:
-        return {k: round(v, 3) for k, v in summary.items()}
+    """Means over tasks; every accuracy and paired difference (``CONTRASTS``) with ``*_ci``: a
+    95% stratified bootstrap interval (queries resampled within tasks, tasks fixed)."""
+
+    def rounded(tasks=None) -> dict:
+        out = {k: round(v, 3) for k, v in results.summary(tasks).items()}
+        for name, estimate in results.intervals(tasks).items():
+            if name not in out:
+                out[name] = round(estimate.value, 3)
+            out[f"{name}_ci"] = [round(estimate.low, 3), round(estimate.high, 3)]
+        return out
 
     names = [t.task for t in results.tasks]
     city = [n for n in names if n in bundled.names("city")]
     headline = {
         "n_tasks": len(names),
         "n_test_per_task": results.protocol.n_test,
-        "mean": rounded(results.summary()),
-        "io_tasks_mean": rounded(results.summary([n for n in names if n not in city])),
-        "city_tasks_mean": rounded(results.summary(city)),
+        "mean": rounded(),
+        "io_tasks_mean": rounded([n for n in names if n not in city]),
+        "city_tasks_mean": rounded(city),
         "paper_mean": PAPER,
     }
     for c in conflicts:
         headline[f"conflict {c.task_a} demos / {c.task_b} vector"] = {
-            name: {"follows_demos": round(c.follows_a[name], 3), "follows_vector": round(b, 3)}
+            name: {
+                "follows_demos": round(c.follows_a[name], 3),
+                "follows_demos_ci": _ci(c.estimate(name, "a")),
+                "follows_vector": round(b, 3),
+                "follows_vector_ci": _ci(c.estimate(name, "b")),
+            }
             for name, b in c.follows_b.items()
         }
     return headline
+
+
+def _ci(estimate) -> list[float]:
+    return [round(estimate.low, 3), round(estimate.high, 3)]

@@ -6,6 +6,9 @@
 - RAVEL-style city attributes as sentences (``city_continent``) and as JSON
   (``city_continent_json``: ``{"city": "Paris", "continent": "Europe``);
 - paired sentences for in-context vectors: ``load_pairs("negative_positive")``.
+
+Your own data: ``from_file(path, ...)`` (JSON list, JSON lines, CSV) and
+``from_records(name, records, ...)`` (:mod:`icl_mech.tasks.files`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,18 @@ from importlib import resources
 
 from icl_mech.errors import IclMechError
 from icl_mech.prompts import Demonstration, Task
+from icl_mech.tasks.files import from_file, from_records
 
-__all__ = ["Demonstration", "Task", "all_texts", "load", "load_pairs", "names"]
+__all__ = [
+    "Demonstration",
+    "Task",
+    "all_texts",
+    "from_file",
+    "from_records",
+    "load",
+    "load_pairs",
+    "names",
+]
 
 CLASSIFICATION: dict[str, tuple[str, tuple[str, ...]]] = {
     "sentiment": ("Review: {x}\nSentiment:", ("positive", "negative")),

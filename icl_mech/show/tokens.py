@@ -1,0 +1,118 @@
+"""The picture of a ``PromptBatch``: each row's tokens where they sit, coloured by role
+(demonstration input, template, label word, separator, query), the target q outlined.
+Padding is not drawn; a token's tooltip (HTML) gives its position and role."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
+
+from icl_mech.errors import IclMechError
+from icl_mech.prompts import ROLES
+
+ROLE_COLOURS = {
+    "bos": "#d9d9d9",
+    "input": "#dbe9f6",
+    "template": "#eeeeee",
+    "label": "#ffcf70",
+    "separator": "#f7f7f7",
+    "query": "#cdebd3",
+}
+TARGET_EDGE = "#c0392b"
+_CHARS_PER_LINE = 96
+
+
+def _visible(text: str) -> str:
+    return text.replace("\n", "⏎").replace("\t", "⇥") or "∅"
+
+
+def _row_tokens(batch, row: int) -> list[tuple[int, str, str]]:
+    """(position, text, role) of the row's real tokens, padding left out."""
+    if not 0 <= row < len(batch):
+        raise IclMechError(f"row {row} asked, the batch has rows 0..{len(batch) - 1}")
+    pieces = batch.pieces[row] if batch.pieces else [f"[{int(t)}]" for t in batch.tokens[row]]
+    out = []
+    for position in range(batch.seq_len):
+        if int(batch.attention_mask[row, position]) == 0:
+            continue
+        out.append((position, pieces[position], ROLES[int(batch.roles[row, position])]))
+    return out
+
+
+def legend_html() -> str:
+    items = [
+        f'<span style="background:{colour};padding:0 4px;margin-right:6px">{role}</span>'
+        for role, colour in ROLE_COLOURS.items()
+    ]
+    target = f'<span style="outline:2px solid {TARGET_EDGE};padding:0 4px">target q</span>'
+    return '<div style="font:12px sans-serif;margin:4px 0">' + "".join(items) + target + "</div>"
+
+
+def prompt_html(batch, rows: Iterable[int] = (0,), title: str | None = None) -> str:
+    """Self-contained HTML of some rows of a batch."""
+    blocks = []
+    for row in rows:
+        target = batch.rows[row].target
+        spans = []
+        for position, text, role in _row_tokens(batch, row):
+            style = f"background:{ROLE_COLOURS.get(role, '#ffffff')};white-space:pre"
+            if position == target:
+                style += f";outline:2px solid {TARGET_EDGE}"
+            tip = html.escape(f"position {position}: {role} {text!r}", quote=True)
+            spans.append(
+                f'<span title="{tip}" style="{style}">{html.escape(_visible(text))}</span>'
+            )
+        blocks.append(
+            f'<div style="font:13px monospace;line-height:1.9;margin:6px 0">'
+            f'<b style="font-family:sans-serif">row {row}</b> ' + "".join(spans) + "</div>"
+        )
+    head = f'<div style="font:bold 13px sans-serif">{html.escape(title)}</div>' if title else ""
+    return f"<div>{head}{legend_html()}{''.join(blocks)}</div>"
+
+
+def prompt_figure(batch, row: int = 0, chars_per_line: int = _CHARS_PER_LINE) -> Figure:
+    """The tokens of one row as coloured boxes, wrapped into lines (monospace widths)."""
+    tokens = _row_tokens(batch, row)
+    target = batch.rows[row].target
+    lines, line, used = [], [], 0
+    for token in tokens:
+        width = len(_visible(token[1])) + 1
+        if line and used + width > chars_per_line:
+            lines.append(line)
+            line, used = [], 0
+        line.append(token)
+        used += width
+        if token[1].endswith("\n"):  # the prompt's own line breaks
+            lines.append(line)
+            line, used = [], 0
+    if line:
+        lines.append(line)
+    figure = Figure(figsize=(0.085 * chars_per_line + 0.5, 0.32 * len(lines) + 0.8))
+    ax = figure.add_axes((0, 0, 1, 0.9))
+    ax.set_xlim(0, chars_per_line + 2)
+    ax.set_ylim(len(lines) + 0.2, -0.3)
+    ax.axis("off")
+    for y, tokens_of_line in enumerate(lines):
+        x = 0.5
+        for position, text, role in tokens_of_line:
+            shown = _visible(text)
+            edge = TARGET_EDGE if position == target else "none"
+            ax.add_patch(
+                FancyBboxPatch((x, y + 0.1), len(shown), 0.8, boxstyle="round,pad=0.02",
+                               facecolor=ROLE_COLOURS.get(role, "white"), edgecolor=edge,
+                               linewidth=1.5)
+            )  # fmt: skip
+            ax.text(x + len(shown) / 2, y + 0.5, shown, ha="center", va="center",
+                    family="monospace", fontsize=7)  # fmt: skip
+            x += len(shown) + 1
+    handles = [
+        FancyBboxPatch((0, 0), 1, 1, facecolor=c, edgecolor="none") for c in ROLE_COLOURS.values()
+    ]
+    figure.legend(handles, list(ROLE_COLOURS), loc="upper center", ncols=len(ROLE_COLOURS),
+                  fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.97))  # fmt: skip
+    task = batch.prompts[row].task.name
+    figure.suptitle(f"{task}: row {row}, tokens by role (target q outlined)", fontsize=9, y=1.0)
+    return figure
