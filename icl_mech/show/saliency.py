@@ -7,7 +7,6 @@ An edge (i ← j) is ``I_l(i, j)`` summed over the chosen layers: query position
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,7 +14,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Arc
 
 from icl_mech.errors import IclMechError
-from icl_mech.show.tokens import ROLE_COLOURS, TARGET_EDGE, _row_tokens, _visible, legend_html
+from icl_mech.show.tokens import (
+    ROLE_COLOURS,
+    TARGET_EDGE,
+    _row_tokens,
+    _visible,
+    legend_html,
+    token_line,
+    token_span,
+)
 
 INTO_LABELS, INTO_TARGET = "#2c7fb8", "#d95f0e"
 
@@ -110,14 +117,10 @@ def saliency_html(
             style = f"background:rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.2f});white-space:pre"
             if role == "label":
                 style += f";border-bottom:3px solid {ROLE_COLOURS['label']}"
-            tip = html.escape(f"position {position}: {role}, {amount[position]:.3f}", quote=True)
             spans.append(
-                f'<span title="{tip}" style="{style}">{html.escape(_visible(text))}</span>'
+                token_span(text, style, f"position {position}: {role}, {amount[position]:.3f}")
             )
-        lines.append(
-            f'<div style="font:13px monospace;line-height:1.9;margin:6px 0">'
-            f'<b style="font-family:sans-serif">{title}</b> ' + "".join(spans) + "</div>"
-        )
+        lines.append(token_line(title, spans))
     return f"<div>{legend_html()}{''.join(lines)}</div>"
 
 

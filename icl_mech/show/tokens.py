@@ -42,6 +42,20 @@ def _row_tokens(batch, row: int) -> list[tuple[int, str, str]]:
     return out
 
 
+def token_span(text: str, style: str, tip: str) -> str:
+    """One token as an HTML span with an inline style and a tooltip."""
+    shown = html.escape(_visible(text))
+    return f'<span title="{html.escape(tip, quote=True)}" style="{style}">{shown}</span>'
+
+
+def token_line(title: str, spans: list[str]) -> str:
+    """A titled line of token spans."""
+    return (
+        '<div style="font:13px monospace;line-height:1.9;margin:6px 0">'
+        f'<b style="font-family:sans-serif">{html.escape(title)}</b> ' + "".join(spans) + "</div>"
+    )
+
+
 def legend_html() -> str:
     items = [
         f'<span style="background:{colour};padding:0 4px;margin-right:6px">{role}</span>'
@@ -61,14 +75,8 @@ def prompt_html(batch, rows: Iterable[int] = (0,), title: str | None = None) -> 
             style = f"background:{ROLE_COLOURS.get(role, '#ffffff')};white-space:pre"
             if position == target:
                 style += f";outline:2px solid {TARGET_EDGE}"
-            tip = html.escape(f"position {position}: {role} {text!r}", quote=True)
-            spans.append(
-                f'<span title="{tip}" style="{style}">{html.escape(_visible(text))}</span>'
-            )
-        blocks.append(
-            f'<div style="font:13px monospace;line-height:1.9;margin:6px 0">'
-            f'<b style="font-family:sans-serif">row {row}</b> ' + "".join(spans) + "</div>"
-        )
+            spans.append(token_span(text, style, f"position {position}: {role} {text!r}"))
+        blocks.append(token_line(f"row {row}", spans))
     head = f'<div style="font:bold 13px sans-serif">{html.escape(title)}</div>' if title else ""
     return f"<div>{head}{legend_html()}{''.join(blocks)}</div>"
 
