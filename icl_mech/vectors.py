@@ -27,6 +27,7 @@ import functools
 import json
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -84,7 +85,7 @@ def model_name(model) -> str:
     return getattr(getattr(model, "cfg", None), "model_name", type(model).__name__)
 
 
-class Vector:
+class Vector(ABC):
     """Mixin for the dataclasses of vector kinds; see the module docstring."""
 
     KINDS: ClassVar[tuple[str, ...]] = ()
@@ -112,22 +113,22 @@ class Vector:
     def kind(self) -> str:
         return self.KINDS[0]
 
+    @abstractmethod
     def tensors(self) -> dict[str, Tensor]:
         """The kind's tensors by name (the names of ``TENSORS``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def metadata(self) -> dict:
         """The kind's provenance: model, d_model, n_layers, hook points, layers, ..."""
-        raise NotImplementedError
 
     @classmethod
+    @abstractmethod
     def from_data(cls, tensors: dict[str, Tensor], provenance: dict):
         """The vector rebuilt from its saved tensors and provenance."""
-        raise NotImplementedError
 
+    @abstractmethod
     def intervention(self, *args, **how):
         """The registry Intervention that applies this vector."""
-        raise NotImplementedError
 
     def record(self) -> dict:
         """The provenance as written to disk (strict JSON data)."""

@@ -197,12 +197,13 @@ def test_demo_accuracy_estimate():
 
 @pytest.mark.embedded
 @pytest.mark.xfail(
-    reason="measured on this split (34 test queries, 12 dev): tv_replace 0.53 [0.38, 0.71] vs "
-    "baseline 0.38 [0.24, 0.56]; the full run's .63 vs ≈ .1 does not hold here",
+    reason="the intervals overlap on this model: on this split (34 test queries) tv_replace 0.53 "
+    "[0.38, 0.71] vs baseline 0.38 [0.24, 0.56]; in the full run (32 queries) 0.62 [0.47, 0.78] "
+    "vs 0.41 [0.25, 0.56]",
     strict=True,
 )
 def test_task_vector_beats_zero_shot_on_city_language(embedded):
-    """The full run measured tv_replace .63 vs baseline ≈ .1 on city → language; on the test
+    """City → language is where the task vector helps most on the embedded model; on the test
     split (34 queries: a third of the task) the two 95% intervals must not overlap, nor may the
     paired gain include zero."""
     from icl_mech import tasks
