@@ -1,9 +1,13 @@
 """Cost of all-layer saliency (Wang et al.) on the embedded model, measured side by side.
 
 1. saliency (one forward + one backward, every layer) / plain forward of the same batch
-   (goal <= 2.0x); the plain forward is ``model(tokens)`` under no_grad with full logits;
+   (goal <= 2.0x); the plain forward is ``model(tokens)`` under no_grad with full logits; and
+   ``memory="lean"`` (blocks recomputed one at a time in the backward pass) beside it, after
+   checking that it gives the same scores;
 2. throughput of one batch of 16 prompts vs 16 single-prompt runs (goal >= 3x);
-3. peak resident memory of saliency vs the plain forward (Linux VmHWM, reset before each run).
+3. peak memory of saliency (``memory="full"`` and ``"lean"``) vs the plain forward of the same
+   batch (goal for the lean path <= 3x): each measured once in a fresh subprocess, as the peak
+   resident set above the level before the run (Linux ``/proc/self/clear_refs`` + VmHWM).
 
 Timings interleave the runs and report medians of wall-clock time and of process CPU time (all
 threads); on a shared machine the CPU-time ratios are the steadier ones.
@@ -13,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -64,8 +71,8 @@ def _status(key: str) -> int | None:
     return None
 
 
-def peak_memory(fn) -> float | None:
-    """Peak resident memory above the level before the run, in MB (None if not measurable)."""
+def peak_memory_here(fn) -> int | None:
+    """Peak resident bytes above the level before the run (None if not measurable)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as refs:
@@ -75,7 +82,31 @@ def peak_memory(fn) -> float | None:
     before = _status("VmRSS")
     fn()
     after = _status("VmHWM")
-    return None if before is None or after is None else (after - before) / 1e6
+    return None if before is None or after is None else after - before
+
+
+def peak_memory(run: str, args) -> int | None:
+    """One run of ``run`` in a fresh interpreter (model loaded and batch built first)."""
+    command = [sys.executable, __file__, "--task", args.task, "--n", str(args.n)]
+    done = subprocess.run([*command, "--memory-of", run], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        print(f"peak memory of {run}: not measured ({done.stderr.strip()[-300:]})")
+        return None
+    return json.loads(lines[-1])["peak"]
+
+
+def memory_child(run: str, args) -> None:
+    torch.set_num_threads(1)
+    model = load_model()
+    batch = PromptBatch.from_prompts(model, task_prompts(load(args.task), args.n, seed=0))
+    runs = {
+        "forward": lambda: model(batch.tokens, attention_mask=batch.attention_mask),
+        "saliency": lambda: saliency(model, batch),
+        "saliency-lean": lambda: saliency(model, batch, memory="lean"),
+    }
+    with torch.no_grad():
+        print(json.dumps({"peak": peak_memory_here(runs[run])}))
 
 
 def main() -> None:
@@ -83,7 +114,13 @@ def main() -> None:
     parser.add_argument("--task", default="sentiment")
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_of:
+        memory_child(args.memory_of, args)
+        return
+    torch.set_num_threads(args.threads)
 
     model = load_model()
     prompts = task_prompts(load(args.task), args.n, seed=0)
@@ -106,8 +143,19 @@ def main() -> None:
     def saliency_batch():
         saliency(model, batch)
 
+    def saliency_lean():
+        saliency(model, batch, memory="lean")
+
+    full, lean = saliency(model, batch).scores, saliency(model, batch, memory="lean").scores
+    print(f"lean vs full saliency: max |score difference| {(full - lean).abs().max():.1e}")
     t = interleaved(
-        {"forward": forward, "forward_q": forward_at_q, "saliency": saliency_batch}, args.repeats
+        {
+            "forward": forward,
+            "forward_q": forward_at_q,
+            "saliency": saliency_batch,
+            "lean": saliency_lean,
+        },
+        args.repeats,
     )
     print(line("plain forward (full logits)", t["forward"], "s"))
     print(line("forward, logits at q only", t["forward_q"], "s"))
@@ -121,6 +169,9 @@ def main() -> None:
         )
     )
     print(line("ratio saliency / forward at q", ratio(t["saliency"], t["forward_q"]), "x"))
+    print(line("saliency, memory='lean'", t["lean"], "s"))
+    print(line("ratio lean / plain forward", ratio(t["lean"], t["forward"]), "x"))
+    print(line("ratio lean / full saliency", ratio(t["lean"], t["saliency"]), "x"))
 
     def saliency_singles():
         for single in singles:
@@ -155,15 +206,18 @@ def main() -> None:
         )
     )
 
-    memory = {"forward": peak_memory(forward), "saliency": peak_memory(saliency_batch)}
+    memory = {run: peak_memory(run, args) for run in ("forward", "saliency", "saliency-lean")}
     if None in memory.values():
         print("peak memory: not measurable here (needs Linux /proc/self/clear_refs)")
-    else:
-        print(
-            f"peak memory above baseline: forward {memory['forward']:.0f} MB, saliency "
-            f"{memory['saliency']:.0f} MB -> ratio "
-            f"{memory['saliency'] / max(memory['forward'], 1e-9):.2f} x"
-        )
+        return
+    base = max(memory["forward"], 1)
+    print(
+        "peak memory above the level before the run (fresh subprocess each): forward "
+        f"{memory['forward'] / 1e6:.0f} MB, saliency {memory['saliency'] / 1e6:.0f} MB "
+        f"({memory['saliency'] / base:.2f}x the forward), saliency memory='lean' "
+        f"{memory['saliency-lean'] / 1e6:.0f} MB ({memory['saliency-lean'] / base:.2f}x the "
+        "forward; goal <= 3x)"
+    )
 
 
 if __name__ == "__main__":

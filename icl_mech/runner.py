@@ -84,6 +84,32 @@ class Report:
             f"figures={list(self.figures)})"
         )
 
+    def _repr_html_(self) -> str:
+        """The headline numbers (``x`` with its ``x_ci`` as ``0.60 [0.52, 0.68]``), the
+        tables' names and sizes, and every figure inline (the report keeps its figures)."""
+        from icl_mech.show import cards
+
+        values, rows = flatten(self.headline), []
+        for key, value in values.items():
+            if key.endswith("_ci") and key.removesuffix("_ci") in values:
+                continue  # shown beside its value
+            bounds = values.get(f"{key}_ci")
+            if isinstance(value, (int, float)) and isinstance(bounds, list) and len(bounds) == 2:
+                value = cards.interval(value, *bounds)
+            rows.append((key, _cell(value) if isinstance(value, (list, tuple)) else value))
+        paper = REPRODUCTIONS[self.name].paper if self.name in REPRODUCTIONS else ""
+        sizes = {f"table {n}": f"{len(t)} × {t.shape[1]}" for n, t in self.tables.items()}
+        return cards.card(
+            self.summary().splitlines()[0],
+            cards.note(paper) if paper else "",
+            cards.table(pd.DataFrame(rows, columns=["headline", "value"]), max_rows=None),
+            *(
+                cards.figure(figure, name, close=False, caption=name)
+                for name, figure in self.figures.items()
+            ),
+            items=sizes,
+        )
+
 
 def write_table(frame: pd.DataFrame, out: Path, name: str) -> list[Path]:
     """One table as ``<name>.csv`` (full precision) and ``<name>.md`` (4 significant digits,
@@ -170,6 +196,11 @@ REPRODUCTIONS: dict[str, Reproduction] = {
         "icl_mech.task_vectors.reproduce",
         "task_vectors_",
         "In-context learning creates task vectors (Hendel et al. 2023)",
+    ),
+    "function-vectors": Reproduction(
+        "icl_mech.function_vectors.reproduce",
+        "function_vectors_",
+        "Function vectors in large language models (Todd et al. 2024)",
     ),
     "icv": Reproduction("icl_mech.icv.reproduce", "icv_", "In-context vectors (Liu et al. 2023)"),
     "icl-gd": Reproduction(

@@ -13,9 +13,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-from icl_mech import cache, validate
+from icl_mech import backends, bridge_loading, cache, validate
 from icl_mech.errors import IclMechError
 
 TINY_TOKENIZER = "tiny-tokenizer-v1"
@@ -28,17 +26,26 @@ def tiny_model(
     d_model: int = 64,
     n_heads: int = 4,
     seed: int = 0,
-) -> HookedTransformer:
+    backend: str | None = None,
+):
     """A small randomly initialised model for fast tests, with a real (small) BPE tokenizer.
 
     ``arch="gpt2"``: LayerNorm, learned positions, GELU MLP, prepends BOS.
     ``arch="llama"``: RMSNorm, rotary, gated SiLU MLP, grouped-query attention (2 KV heads).
+    ``backend``: a ``HookedTransformer`` (``"hooked"``, the default on TransformerLens 3.x) or
+    a ``TransformerBridge`` of a random Hugging Face model of the same shapes (``"bridge"``).
     """
     n_layers = validate.count(n_layers, "tiny_model n_layers")
     n_heads = validate.count(n_heads, "tiny_model n_heads")
     d_model = validate.count(d_model, "tiny_model d_model")
     if d_model % n_heads:
         raise IclMechError(f"tiny_model: d_model={d_model} is not a multiple of n_heads={n_heads}")
+    if backends.check_backend(backend, "tiny_model") == "bridge":
+        return bridge_loading.tiny_bridge(
+            arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, seed=seed
+        )
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     common = dict(
         n_layers=n_layers,
         d_model=d_model,

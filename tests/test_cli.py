@@ -26,6 +26,18 @@ TINY = {
         diagnosis_queries="8",
         scan="false",
     ),  # fmt: skip
+    "function-vectors": dict(
+        tasks="country_capital",
+        n_prompts="3",
+        n_dev="3",
+        n_test="3",
+        n_demonstrations="2",
+        n_dummies="1",
+        k="3",
+        batch_size="4",
+        effect_batch_size="2",
+        groups="2",
+    ),  # fmt: skip
     "task-vectors": dict(
         tasks="country_capital",
         pairs="country_continent:country_capital",

@@ -150,6 +150,29 @@ class AnchorAuc:
     def units(self) -> list:
         return list(self.queries) if self.queries is not None else list(range(len(self.scores)))
 
+    def __repr__(self) -> str:
+        return (
+            f"AnchorAuc(task={self.task!r}, examples={len(self.scores)}, "
+            f"classes={self.scores.shape[-1]}, layers={len(self.layers)}, "
+            f"average={self.average!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        """AUC-ROC_l with its 95% interval over queries and R_l per layer, and Fig. 5."""
+        from icl_mech.show import cards
+
+        from .figures import auc_figure
+
+        frame = self.to_frame()
+        items = {"task": self.task, "examples": len(self.scores), "n (queries)": frame["n"][0]}
+        return cards.card(
+            "AnchorAuc: attention of q on the label words predicts the output "
+            "(AUC-ROC_l [95% interval], R_l)",
+            cards.table(frame[["layer", "auc", "auc_low", "auc_high", "R"]]),
+            cards.figure(auc_figure([self]), "AUC-ROC and R per layer"),
+            items=items | {"classes": self.scores.shape[-1], "average": self.average},
+        )
+
     def auc(self) -> Float[Tensor, " layer"]:
         if self.average not in ("pooled", "macro"):
             raise IclMechError(f"average must be 'pooled' or 'macro', got {self.average!r}")

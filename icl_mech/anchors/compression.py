@@ -9,6 +9,9 @@ positions counted from the attention mask (kept entries would move left), so the
 the model holds each key pre-rotated by (true - counted) positions and ``ContinuePositions``
 rotates the query's queries and keys by its gap (rotations compose); with learned positions it
 overwrites the query's ``hook_pos_embed``. Keeping every entry reproduces the full prompt.
+On the bridge the cache is the Hugging Face model's: keys are stored after the rotary embedding,
+at their full-prompt positions (``ContextCache.rotated``), and the query runs with its true
+``position_ids``; no hook moves positions (see :class:`icl_mech.kv_cache.KVCache`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,19 @@ from dataclasses import dataclass, field, replace
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from icl_mech.anchors.readout import unembed
+from icl_mech.backends import (
+    backend_of,
+    is_bridge,
+    keep_last,
+    sliding_window,
+    unsupported,
+)
 from icl_mech.batching import left_pad_rows
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Intervention, attach, points, register
+from icl_mech.kv_cache import KVCache
 from icl_mech.prompts import ROLES, PromptBatch
 
 ANCHOR_ROLES = ("bos", "template", "label", "separator")  # label words + formatting tokens
@@ -84,10 +93,12 @@ def _left_pad(rows: list[list[Tensor]]) -> Tokens:
 
 
 def signature(model) -> tuple:
-    """Name, shape and a few embedding weights: tells apart models of one shape too."""
+    """Name, shape, a few embedding weights and the backend (whose caches differ: keys before or
+    after the rotary embedding): tells apart models of one shape too."""
     cfg = model.cfg
     shape = (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads, cfg.d_head)
-    return cfg.model_name, shape, float(model.embed.W_E[:8].detach().double().sum())
+    weights = float(model.W_E[:8].detach().double().sum())
+    return cfg.model_name, shape, weights, backend_of(model)
 
 
 @dataclass
@@ -103,6 +114,7 @@ class ContextCache:
     roles: Int[Tensor, "batch entry"]  # codes into prompts.ROLES
     classes: Int[Tensor, "batch entry"]  # class of a label word's entries, -1 elsewhere
     signature: tuple  # of the model that computed it
+    rotated: bool = False  # keys hold their rotary embedding (the bridge's cache)
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -140,6 +152,7 @@ class ContextCache:
             torch.where(mask.bool(), gather(self.roles), ROLES.index("pad")),
             torch.where(mask.bool(), gather(self.classes), -1),
             self.signature,
+            self.rotated,
         )
 
     def expand(self, batch_size: int) -> ContextCache:
@@ -163,27 +176,28 @@ class ContextCache:
         return self._memo[batch_size]
 
     def check(self, model) -> None:
-        (mine, shape, _), (theirs, their_shape, _) = self.signature, signature(model)
+        mine, shape, _, kind = self.signature
+        theirs, their_shape, _, their_kind = signature(model)
         if self.signature != signature(model):
             other = " (same shape, other weights)" if shape == their_shape else ""
+            if kind != their_kind:
+                other = f" (computed on the {kind} backend, used on the {their_kind} backend)"
             raise IclMechError(
                 f"this cache was computed by {mine} {shape} and cannot be used with "
                 f"{theirs} {their_shape}{other}"
             )
 
-    def for_model(self, model) -> TransformerLensKeyValueCache:
-        """A frozen TransformerLens cache whose keys land at their full-prompt positions."""
+    def for_model(self, model) -> KVCache:
+        """A frozen key/value cache whose keys land at their full-prompt positions."""
         self.check(model)
         if "prepared" not in self._memo:
-            counted = (self.attention_mask.cumsum(1) - 1).clamp(min=0)
-            gap = (self.positions - counted) * self.attention_mask
-            entries = []
-            for layer, (k, v) in enumerate(zip(self.keys, self.values)):
-                if model.cfg.positional_embedding_type == "rotary":
-                    k = rotate(model.blocks[layer].attn, k, gap)
-                entries.append(TransformerLensKeyValueCacheEntry(k, v, frozen=True))
+            keys = self.keys
+            if model.cfg.positional_embedding_type == "rotary" and not self.rotated:
+                counted = (self.attention_mask.cumsum(1) - 1).clamp(min=0)
+                gap = (self.positions - counted) * self.attention_mask
+                keys = [rotate(model.blocks[layer].attn, k, gap) for layer, k in enumerate(keys)]
             mask = self.attention_mask.clone()
-            self._memo["prepared"] = TransformerLensKeyValueCache(entries, mask, frozen=True)
+            self._memo["prepared"] = KVCache.from_tensors(model, keys, self.values, mask)
         return self._memo["prepared"]
 
 
@@ -225,6 +239,13 @@ class ContinuePositions(Intervention):
 
     def specs(self, model, batch):
         check_positions_supported(model)
+        if is_bridge(model):
+            raise unsupported(
+                "continue-positions",
+                model,
+                "the bridge runs the Hugging Face model's attention, which takes the query's "
+                "positions as position_ids (answer() passes them); no hook moves them",
+            )
         if model.cfg.positional_embedding_type == "standard":
             return [HookSpec("hook_pos_embed", lambda x, hook: self._embed(model, x))]
         names = points(model, "attn.hook_rot_q") + points(model, "attn.hook_rot_k")
@@ -247,11 +268,11 @@ class ContinuePositions(Intervention):
 def encode_context(model, context: Tokens, *items) -> ContextCache:
     """Run the context once (``items`` attached) and keep every entry's keys and values."""
     check_positions_supported(model)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(context))
-    mask, n_layers = context.attention_mask, model.cfg.n_layers
+    cache = KVCache.new(model, len(context))
+    mask = context.attention_mask
     with torch.no_grad(), attach(model, *items):  # the blocks fill the cache; skip the unembed
-        model(context.tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=n_layers)
-    keys, values = [e.past_keys for e in cache.entries], [e.past_values for e in cache.entries]
+        cache.forward(model, context.tokens, mask, **_no_unembedding(model))
+    keys, values, _ = cache.entries()
     positions = (mask.cumsum(1) - 1).clamp(min=0) * mask
     per_entry = (
         mask.clone(),
@@ -260,7 +281,13 @@ def encode_context(model, context: Tokens, *items) -> ContextCache:
         context.roles.clone(),
         context.classes.clone(),
     )
-    return ContextCache(keys, values, *per_entry, signature(model))
+    return ContextCache(keys, values, *per_entry, signature(model), cache.rotated)
+
+
+def _no_unembedding(model) -> dict:
+    if is_bridge(model):
+        return keep_last(model)  # the bridge's forward does not stop before the unembedding
+    return {"stop_at_layer": model.cfg.n_layers}
 
 
 def encode_shared(model, prompts) -> tuple[ContextCache, Tokens, PromptBatch]:
@@ -276,10 +303,31 @@ def answer(model, cache: ContextCache, queries: Tokens, *items, every_position=F
     cache.check(model)
     cache = cache.expand(len(queries))
     past, mask = cache.for_model(model), queries.attention_mask
+    _check_window(model, cache, queries)
+    if is_bridge(model):  # positions as position_ids: the cached keys already hold theirs
+        true = cache.length[:, None] + (mask.cumsum(1) - 1).clamp(min=0)
+        last = {} if every_position else keep_last(model)
+        with attach(model, *items):
+            out = past.forward(model, queries.tokens, mask, position_ids=true, **last)
+        return out if every_position else out[:, -1]
     end = None if every_position else model.cfg.n_layers  # else: unembed the last token only
     with attach(model, ContinuePositions(cache.length, cache.length - cache.kept, mask), *items):
-        out = model(queries.tokens, attention_mask=mask, past_kv_cache=past, stop_at_layer=end)
+        out = past.forward(model, queries.tokens, mask, stop_at_layer=end)
     return out if every_position else unembed(model, out[:, -1])
+
+
+def _check_window(model, cache: ContextCache, queries: Tokens) -> None:
+    """Local (sliding-window) layers count their window in cache entries, not true positions:
+    beyond the window a compressed cache would let a query see entries it should not."""
+    window = sliding_window(model)
+    longest = int(cache.length.max()) + queries.tokens.shape[1]
+    if window is not None and longest > window:
+        raise unsupported(
+            "context compression",
+            model,
+            f"prompts of {longest} positions exceed its sliding window of {window} tokens, "
+            "where cached entries and true positions would disagree",
+        )
 
 
 def anchor_keep(cache: ContextCache, roles=ANCHOR_ROLES) -> Bool[Tensor, "batch entry"]:

@@ -178,8 +178,8 @@ def class_keys(
     """Mean key of each class's label-word entries (row 0 of the cache) at their positions in
     the full prompt; key heads repeated for the query heads that share them."""
     columns = anchor_columns(cache, anchors)[0]
-    keys = cache.keys[layer][:1]  # stored before the rotary embedding
-    if model.cfg.positional_embedding_type == "rotary":
+    keys = cache.keys[layer][:1]  # stored before the rotary embedding (after it: the bridge)
+    if model.cfg.positional_embedding_type == "rotary" and not cache.rotated:
         keys = rotate(model.blocks[layer].attn, keys, cache.positions[:1])
     keys = torch.repeat_interleave(keys[0], model.cfg.n_heads // keys.shape[2], dim=1)
     return torch.stack([keys[columns == c].mean(0) for c in range(int(columns.max()) + 1)])

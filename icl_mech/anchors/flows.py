@@ -79,6 +79,25 @@ class Flows:
     def units(self) -> list:
         return list(self.queries) if self.queries is not None else list(range(len(self.values)))
 
+    def __repr__(self) -> str:
+        return f"Flows(task={self.task!r}, examples={len(self.values)}, layers={len(self.layers)})"
+
+    def _repr_html_(self) -> str:
+        """Per layer the share of each flow with its 95% interval over queries, and Fig. 3."""
+        from icl_mech.show import cards
+
+        from .figures import flows_figure
+
+        summary = self.summary()
+        shares = summary.pivot(index="layer", columns="flow", values="share")[list(FLOWS)]
+        items = {"task": self.task, "examples": len(self.values), "n (queries)": summary["n"][0]}
+        return cards.card(
+            "Flows: share of saliency per layer [95% interval over queries]",
+            cards.table(shares.reset_index()),
+            cards.figure(flows_figure([self]), "S_wp, S_pq and S_ww per layer"),
+            items=items | {"layers": cards.layer_span(self.layers)},
+        )
+
     def normalised(self) -> Float[Tensor, "example layer 3"]:
         return self.values / self.values.sum(-1, keepdim=True)
 

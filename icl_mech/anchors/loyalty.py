@@ -75,6 +75,29 @@ class Loyalty:
     def units(self) -> list:
         return list(self.queries) if self.queries is not None else list(range(len(self.label)))
 
+    def __repr__(self) -> str:
+        return (
+            f"Loyalty(task={self.task!r}, examples={len(self.label)}, k={self.k}, "
+            f"conditions={len(self.conditions)})"
+        )
+
+    def _repr_html_(self) -> str:
+        """Label and word loyalty per condition and the shallow − deep effects, each with its
+        95% interval over queries, and Fig. 4."""
+        from icl_mech.show import cards
+
+        from .figures import loyalty_figure
+
+        summary = self.summary().rename(columns={"label": "label loyalty", "word": "word loyalty"})
+        effects = self.effects().rename(columns={"effect": "shallow − deep"})
+        return cards.card(
+            f"Loyalty under isolation of the first or last {self.k} layers [95% interval]",
+            cards.table(summary[["depth", "isolated", "label loyalty", "word loyalty", "n"]]),
+            cards.table(effects[["isolated", "metric", "shallow − deep", "n"]]),
+            cards.figure(loyalty_figure([self]), "label and word loyalty per condition"),
+            items={"task": self.task, "examples": len(self.label), "k": self.k},
+        )
+
     def to_frame(self) -> pd.DataFrame:
         rows, units = [], self.units()
         for e in range(len(self.label)):

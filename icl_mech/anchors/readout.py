@@ -22,6 +22,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from icl_mech import validate
+from icl_mech.backends import is_bridge, last_logits, resume, unsupported
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import attach
 from icl_mech.prompts import PromptBatch
@@ -72,22 +73,34 @@ def target_logits(
     """Logits at each row's target q, with ``items`` attached for the forward.
 
     With ``start_at_layer`` the forward resumes from ``residual`` (the stream entering that
-    layer, e.g. captured at ``blocks.{L}.hook_resid_pre``); hooks before that layer do not run.
-    Stays in the autograd graph when gradients are enabled.
+    layer, e.g. captured at ``blocks.{L}.hook_resid_pre``); hooks before that layer do not run
+    (on the bridge, a full forward overwrites that stream: the same logits, hooks before that
+    layer run). Stays in the autograd graph when gradients are enabled.
     """
     n_layers = model.cfg.n_layers
+    if start_at_layer is not None and (
+        residual is None or residual.shape[:2] != batch.tokens.shape
+    ):
+        shape = None if residual is None else tuple(residual.shape)
+        raise IclMechError(
+            f"resuming at layer {start_at_layer} needs the residual stream of the batch "
+            f"[{len(batch)}, {batch.seq_len}, d_model], got {shape}"
+        )
+    if is_bridge(model):
+        # the bridge's forward is the Hugging Face model's: no start_at_layer, and stopping
+        # before the unembedding does not stop; the same numbers come from a full forward with
+        # the stream overwritten where the hooked model would resume, read at the last token
+        if not bool((batch.targets == batch.seq_len - 1).all()):
+            raise unsupported("target_logits", model, "the target q must be the last token")
+        resumed = () if start_at_layer is None else (resume(model, start_at_layer, residual),)
+        with attach(model, *resumed, *items, batch=batch):
+            return last_logits(model, batch.tokens, batch.attention_mask)
     with attach(model, *items, batch=batch):
         if start_at_layer is None:
             stream = model(
                 batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=n_layers
             )
         else:
-            if residual is None or residual.shape[:2] != batch.tokens.shape:
-                shape = None if residual is None else tuple(residual.shape)
-                raise IclMechError(
-                    f"resuming at layer {start_at_layer} needs the residual stream of the batch "
-                    f"[{len(batch)}, {batch.seq_len}, d_model], got {shape}"
-                )
             stream = model(
                 residual,
                 start_at_layer=start_at_layer,

@@ -60,13 +60,13 @@ def compute_analysis(model, settings: AnalysisSettings, progress: bool = True) -
             "flows_raw": flows_figure([a.flows for a in analyses], normalised=False),
             "loyalty": loyalty_figure([a.loyalty for a in analyses]),
             "auc": auc_figure([a.auc for a in analyses]),
-            **_token_pictures(model, settings),
+            **token_pictures(model, settings),
         },
         headline={a.task: headline(a) for a in analyses},
     )
 
 
-def _token_pictures(model, settings: AnalysisSettings) -> dict:
+def token_pictures(model, settings: AnalysisSettings) -> dict:
     """The first task's first query: saliency edges over its tokens, shallow and deep layers."""
     from icl_mech.prompts import PromptBatch
     from icl_mech.show.saliency import layer_range, saliency_figure

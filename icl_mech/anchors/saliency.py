@@ -8,10 +8,27 @@ probe detaches the stream entering block 0 and makes it require grad, so the gra
 under ``torch.no_grad()`` callers (``saliency`` enables grad locally) or frozen parameters.
 ``saliency`` also switches ``requires_grad`` off on the parameters for the pass (restored on
 exit), so autograd saves no tensor that only a weight gradient would need.
+
+Memory (``memory=``): ``"full"`` keeps every layer's activations in the graph for one backward
+(fastest; peak memory several times a forward). ``"lean"`` runs the forward without a graph,
+keeping only the stream entering each block, except for the top sixth of the blocks, which run
+with their graph to the loss; then it goes down the other blocks one at a time: each is
+recomputed from its input with gradients and back-propagated with the gradient arriving from the
+block above (gradient checkpointing per block). The same numbers (to float rounding), most of
+one extra forward of time, and the peak memory of a few blocks' graph. Hooks of ``items`` on a
+recomputed block's points run twice (once without, once with gradients): give items that are
+functions of their input (as the built-in kinds are).
+
+Padding: without ``items``, rows of similar length run together (on the CPU, a pass per group
+of rows whose padding would cost more than the pass), so little work goes into padding; scores
+come back in the batch's padded layout, zero at padding, as from one pass. For the call the
+weights are laid out for ``F.linear`` (:mod:`icl_mech.layout`, in place): TransformerLens's
+per-forward copies of them are neither made nor kept in the graph; the same numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,14 +42,25 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icl_mech import validate
+from icl_mech.backends import is_bridge, unsupported
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import HookSpec, Probe, points, register
+from icl_mech.hooks import HookSpec, Probe, attach, points, register
+from icl_mech.layout import linear_layout
 from icl_mech.prompts import PromptBatch
 
-from .readout import check_layers, require_label_words, target_logits
+from .readout import check_layers, require_label_words, target_logits, unembed
 
 HeadReduction = Literal["abs-of-sum", "sum-of-abs"]
 Target = Literal["gold", "prediction"]
+Memory = Literal["full", "lean"]
+MEMORY = ("full", "lean")
+# a pass costs about as much as this many padded tokens beyond its rows x length (one CPU
+# thread, SmolLM2-135M: small matrix products run below peak speed); rows are grouped so that
+# padding is only kept where a separate pass would cost more
+PASS_OVERHEAD_TOKENS = 64
+# memory="lean" keeps the graph of the top 1/LEAN_TOP_FRACTION of the blocks from its first pass
+# (they are not recomputed); the others are recomputed one at a time
+LEAN_TOP_FRACTION = 6
 
 
 def _track_gradients(stream: Tensor, hook) -> Tensor | None:
@@ -130,31 +158,191 @@ def saliency(
     layers: Sequence[int] | None = None,
     target: Target = "gold",
     heads: HeadReduction = "abs-of-sum",
+    memory: Memory = "full",
 ) -> SaliencyResult:
     """All-layer saliency of a batch: one forward, one backward, no parameter gradients.
 
     ``items`` (interventions or probes) are attached in the same forward, before the probe, so
-    the probe sees the patterns they leave.
+    the probe sees the patterns they leave. ``memory="lean"`` recomputes one block at a time in
+    the backward pass (same numbers, less memory, about one forward more; see the module doc).
     """
     layers = validate.layers(model, layers, "saliency layers")
     require_label_words(batch, "saliency")
     if target not in ("gold", "prediction"):
         raise IclMechError(f"saliency target must be 'gold' or 'prediction', got {target!r}")
+    validate.choice(heads, "saliency heads", ("abs-of-sum", "sum-of-abs"))
+    validate.choice(memory, "saliency memory", MEMORY)
     if torch.is_inference_mode_enabled():
         raise IclMechError("saliency cannot run inside torch.inference_mode(); use no_grad instead")
-    gold = batch.gold if target == "gold" else None
-    probe = SaliencyProbe(layers, heads)
-    with torch.enable_grad(), frozen_parameters(model):
+    if memory == "lean" and is_bridge(model):
+        raise unsupported(
+            "saliency(memory='lean')",
+            model,
+            "it resumes the forward at each block (start_at_layer); use memory='full'",
+        )
+    validate.batch(model, batch)
+    order = SaliencyProbe(layers, heads).order(model)
+    groups = [list(range(len(batch)))] if items else _length_groups(model, batch)
+    run = _lean if memory == "lean" else _full
+    parts = []
+    with frozen_parameters(model), linear_layout(model, in_place=True):
+        for rows in groups:
+            part = batch if len(groups) == 1 else _crop(batch, rows)
+            gold = part.gold if target == "gold" else None
+            parts.append(run(model, part, items, SaliencyProbe(layers, heads), gold))
+    return _assemble(batch, groups, parts, order)
+
+
+# a group's result: scores, logits at q, class logits, labels, per-row loss
+_Part = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _full(model, batch: PromptBatch, items, probe: SaliencyProbe, gold) -> _Part:
+    """One forward keeping every probed pattern in the graph, one backward."""
+    with torch.enable_grad():
         logits = target_logits(model, batch, *items, probe)
-        class_logits = logits[:, batch.class_token_ids.to(logits.device)]
-        labels = class_logits.argmax(-1).detach() if gold is None else gold.to(logits.device)
-        loss = F.cross_entropy(class_logits, labels, reduction="none")
+        class_logits, labels, loss = _loss(batch, logits, gold)
         scores = probe.scores(loss.sum())
+    return scores, logits.detach(), class_logits.detach(), labels, loss.detach()
+
+
+def _lean(model, batch: PromptBatch, items, probe: SaliencyProbe, gold) -> _Part:
+    """The forward without a graph up to the top blocks, keeping the stream entering each block;
+    the top blocks (a sixth of the model) with their graph, to the loss; then block by block
+    down: recompute it with gradients from its input, back-propagate the gradient that arrived
+    from above, keep ∂L/∂A of its pattern and pass ∂L/∂input down."""
+    n_layers, order = model.cfg.n_layers, probe.order(model)
+    lowest, mask = min(order), batch.attention_mask
+    top = max(lowest, n_layers - max(1, n_layers // LEAN_TOP_FRACTION))
+    inputs: dict[int, Tensor] = {}
+
+    def keep_input(layer: int, stream: Tensor, hook) -> None:
+        # a copy when items follow: one of them may change the stream in place
+        inputs[layer] = stream.detach().clone() if items else stream.detach()
+
+    # attached before the items: the kept stream is the one their hooks on the block's
+    # hook_resid_pre receive, so they act once when the block is recomputed
+    below = range(lowest, top)
+    keep = [
+        HookSpec(name, partial(keep_input, layer))
+        for layer, name in zip(below, points(model, "hook_resid_pre", below))
+    ]
+    with torch.no_grad(), attach(model, *keep, *items, batch=batch):
+        inputs[top] = model(batch.tokens, attention_mask=mask, stop_at_layer=top)
+    found: dict[int, Tensor] = {}
+    grad = None
+    with torch.enable_grad():
+        for start in [top, *reversed(below)]:
+            stop = n_layers if start == top else start + 1
+            stream = inputs.pop(start).requires_grad_(True)
+            probed = [layer for layer in range(start, stop) if layer in order]
+            keep_patterns = [
+                HookSpec(name, partial(probe._keep, layer))
+                for layer, name in zip(probed, points(model, "attn.hook_pattern", probed))
+            ]
+            with attach(model, *items, *keep_patterns, batch=batch):
+                out = model(stream, start_at_layer=start, stop_at_layer=stop, attention_mask=mask)
+            if stop == n_layers:
+                at_q = out[torch.arange(len(batch)), batch.targets.to(out.device)]
+                logits = unembed(model, at_q)
+                class_logits, labels, loss = _loss(batch, logits, gold)
+                out, grad = loss.sum(), None
+            patterns = [probe.patterns.pop(layer) for layer in probed]
+            wanted = patterns + ([stream] if start > lowest else [])
+            grads = torch.autograd.grad(out, wanted, grad_outputs=grad)
+            for layer, pattern, pattern_grad in zip(probed, patterns, grads):
+                found[layer] = probe._reduce(pattern, pattern_grad)
+            if start > lowest:
+                grad = grads[-1]
+            del out, stream, patterns, grads
+    scores = torch.stack([found[layer] for layer in order], dim=1)
+    return scores, logits.detach(), class_logits.detach(), labels, loss.detach()
+
+
+def _loss(batch: PromptBatch, logits: Tensor, gold: Tensor | None) -> tuple[Tensor, ...]:
+    """(class logits, labels, per-row cross-entropy) at q; labels: gold, or the prediction."""
+    class_logits = logits[:, batch.class_token_ids.to(logits.device)]
+    labels = class_logits.argmax(-1).detach() if gold is None else gold.to(logits.device)
+    return class_logits, labels, F.cross_entropy(class_logits, labels, reduction="none")
+
+
+def _length_groups(model, batch: PromptBatch) -> list[list[int]]:
+    """Row indices grouped by length, minimising Σ_groups (rows × longest + pass overhead)
+    padded tokens. On the CPU only; elsewhere one group (small passes waste an accelerator)."""
+    n = len(batch)
+    if n < 2 or torch.device(model.cfg.device).type != "cpu":
+        return [list(range(n))]
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    order = sorted(range(n), key=lambda row: (lengths[row], row))
+    best = [0] + [None] * n  # best[j]: cost of the j shortest rows, cut[j]: where its group starts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        for i in range(j):
+            cost = best[i] + (j - i) * longest + PASS_OVERHEAD_TOKENS
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(sorted(order[cut[j] : j]))
+        j = cut[j]
+    return groups[::-1]
+
+
+def _crop(batch: PromptBatch, rows: list[int]) -> PromptBatch:
+    """Some rows of a batch, without the left padding none of them needs."""
+    index = torch.tensor(rows)
+    drop = batch.seq_len - int(batch.attention_mask[index].sum(dim=1).max())
+
+    def shift(positions: list[int]) -> list[int]:
+        return [p - drop for p in positions]
+
+    positions = [
+        dataclasses.replace(
+            row,
+            labels=[shift(tokens) for tokens in row.labels],
+            demos=[shift(tokens) for tokens in row.demos],
+            query=shift(row.query),
+            target=row.target - drop,
+        )
+        for row in (batch.rows[r] for r in rows)
+    ]
+    return dataclasses.replace(
+        batch,
+        prompts=[batch.prompts[r] for r in rows],
+        tokens=batch.tokens[index, drop:],
+        attention_mask=batch.attention_mask[index, drop:],
+        roles=batch.roles[index, drop:],
+        demo_index=batch.demo_index[index, drop:],
+        rows=positions,
+        demo_labels=[batch.demo_labels[r] for r in rows] if batch.demo_labels else [],
+        pieces=[batch.pieces[r][drop:] for r in rows] if batch.pieces else [],
+    )
+
+
+def _assemble(
+    batch: PromptBatch, groups: list[list[int]], parts: list[_Part], layers
+) -> SaliencyResult:
+    """The groups' results in the batch's row order and padded layout (zero at padding)."""
+    if len(parts) == 1:
+        scores, logits, class_logits, labels, loss = parts[0]
+    else:
+        seq = batch.seq_len
+        first = parts[0]
+        scores = first[0].new_zeros(len(batch), first[0].shape[1], seq, seq)
+        logits, class_logits, labels, loss = (
+            t.new_empty(len(batch), *t.shape[1:]) for t in first[1:]
+        )
+        for rows, (s, lg, cl, lb, ls) in zip(groups, parts):
+            index = torch.tensor(rows, device=scores.device)
+            width = s.shape[-1]
+            scores[index, :, seq - width :, seq - width :] = s
+            logits[index], class_logits[index], labels[index], loss[index] = lg, cl, lb, ls
     return SaliencyResult(
         scores=scores,
-        layers=probe.order(model),
-        logits=logits.detach(),
-        class_logits=class_logits.detach(),
+        layers=layers,
+        logits=logits,
+        class_logits=class_logits,
         labels=labels,
-        loss=loss.detach(),
+        loss=loss,
     )

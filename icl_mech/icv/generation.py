@@ -5,6 +5,10 @@ ends at the same position and new tokens follow it; ``generate`` finds the paddi
 pad tokens and masks it. Each batch of prompts gets its own attachment, so position-aware
 steering (``positions="prompt"`` / ``"new"``) counts positions from that batch's prompt.
 
+On the hooked backend the weights are laid out for ``F.linear`` for the duration of the call
+(:mod:`icl_mech.layout`): TransformerLens would otherwise copy them at every step; the same
+numbers.
+
 Greedy decoding by default; ``do_sample=True`` samples with a seeded generator state (the
 global RNG is restored afterwards). Batched greedy generation equals unbatched generation.
 """
@@ -12,15 +16,17 @@ global RNG is restored afterwards). Batched greedy generation equals unbatched g
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 
-from icl_mech import validate
+from icl_mech import kv_cache, validate
 from icl_mech.batching import batched, encode_text
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import Hooked, HookSpec, attach
+from icl_mech.layout import linear_layout
 
 
 @dataclass
@@ -73,31 +79,32 @@ def generate(
     _check_arguments(model, prompts, max_new_tokens, batch_size, temperature, top_k, top_p)
     stop_ids = [model.tokenizer.eos_token_id] + [_single_token(model, s) for s in stop_at]
     completions, new_tokens = [], []
-    for index, (rows_of, batch) in enumerate(
-        batched(model, prompts, batch_size, progress=progress and "generate")
-    ):
-        rows = [_rows(item, rows_of[0], rows_of[-1] + 1) for item in items]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + index)
-            with attach(model, *rows):
-                out = model.generate(
-                    batch.tokens,
-                    max_new_tokens=max_new_tokens,
-                    stop_at_eos=stop_at_eos,
-                    eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
-                    do_sample=do_sample,
-                    temperature=temperature,
-                    top_k=top_k,
-                    top_p=top_p,
-                    use_past_kv_cache=use_cache,
-                    padding_side="left",
-                    return_type="tokens",
-                    verbose=False,
-                )
-        for row in out[:, batch.tokens.shape[1] :].tolist():
-            kept = _cut(row, stop_ids) if stop_at_eos else row
-            new_tokens.append(kept)
-            completions.append(model.tokenizer.decode(kept, skip_special_tokens=True))
+    # weights laid out for F.linear once, instead of copied at every forward (icl_mech.layout)
+    with linear_layout(model) if max_new_tokens > 1 else nullcontext():
+        for index, (rows_of, batch) in enumerate(
+            batched(model, prompts, batch_size, progress=progress and "generate")
+        ):
+            rows = [_rows(item, rows_of[0], rows_of[-1] + 1) for item in items]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + index)
+                with attach(model, *rows):  # TransformerLens's generate, or the bridge's loop
+                    out = kv_cache.generate(
+                        model,
+                        batch.tokens,
+                        batch.attention_mask,
+                        max_new_tokens=max_new_tokens,
+                        stop_at_eos=stop_at_eos,
+                        eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
+                        do_sample=do_sample,
+                        temperature=temperature,
+                        top_k=top_k,
+                        top_p=top_p,
+                        use_cache=use_cache,
+                    )
+            for row in out[:, batch.tokens.shape[1] :].tolist():
+                kept = _cut(row, stop_ids) if stop_at_eos else row
+                new_tokens.append(kept)
+                completions.append(model.tokenizer.decode(kept, skip_special_tokens=True))
     settings = dict(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,

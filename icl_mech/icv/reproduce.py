@@ -82,7 +82,7 @@ def compute(model, settings: Settings, progress: bool = True) -> Report:
             "examples": examples_figure(examples),
             "layers": layers_figure(paraphrase.icv),
         },
-        headline=_headline(summary, paraphrase),
+        headline=headline(summary, paraphrase),
     )
 
 
@@ -104,19 +104,21 @@ def _example_tables(paraphrase, evaluations: dict[str, StyleEvaluation], setting
     return tables
 
 
-def _headline(summary: pd.DataFrame, paraphrase) -> dict:
-    headline: dict = {}
+def headline(summary: pd.DataFrame, paraphrase=None) -> dict:
+    """Per pair set, condition and λ: style, BLEU to the source, perplexity (with ``*_ci``) and
+    the paired style gain; the worked paraphrase example's completions when given."""
+    out: dict = {}
     for _, row in summary.iterrows():
         condition = row.condition if row.condition != "icv" else f"icv@{row.strength:g}"
         for metric in ("style", "bleu_source", "perplexity"):
-            headline[f"{row.pair_set}/{condition}/{metric}"] = round(float(row[metric]), 3)
+            out[f"{row.pair_set}/{condition}/{metric}"] = round(float(row[metric]), 3)
             if f"{metric}_low" in row:  # 95% bootstrap interval over the test sentences
                 ci = [round(float(row[f"{metric}_{end}"]), 3) for end in ("low", "high")]
-                headline[f"{row.pair_set}/{condition}/{metric}_ci"] = ci
+                out[f"{row.pair_set}/{condition}/{metric}_ci"] = ci
         if row.condition != "none":  # paired over the same sources
-            headline[f"{row.pair_set}/{condition}/style_gain"] = round(float(row.style_gain), 3)
+            out[f"{row.pair_set}/{condition}/style_gain"] = round(float(row.style_gain), 3)
             ci = [round(float(row[f"style_gain_{end}"]), 3) for end in ("low", "high")]
-            headline[f"{row.pair_set}/{condition}/style_gain_ci"] = ci
-    for lam, text in zip(paraphrase.strengths, paraphrase.completions):
-        headline[f"paraphrase_example/λ={lam:g}"] = text
-    return headline
+            out[f"{row.pair_set}/{condition}/style_gain_ci"] = ci
+    for lam, text in zip(paraphrase.strengths, paraphrase.completions) if paraphrase else ():
+        out[f"paraphrase_example/λ={lam:g}"] = text
+    return out

@@ -7,7 +7,8 @@ At ``blocks.{l}.hook_mlp_out``, for ICVs i with strengths λ_i and layer-l direc
     x'  = unit(unit(x) + y) · ‖x‖
 
 computed in float32 and cast back to the model's dtype. Where the steering term y is exactly
-zero (every λ = 0) the activation is returned unchanged, bit for bit.
+zero (every λ = 0) the activation is returned unchanged, bit for bit (with every λ = 0 no hook is
+attached at all). Unit directions and strengths are prepared once per attachment, not per step.
 
 Positions under generation: ``"all"`` steers every position, ``"prompt"`` only the positions of
 the prompt, ``"new"`` only generated tokens. With the key/value cache each generation step sees
@@ -49,18 +50,35 @@ def steer(
     strengths: Float[Tensor, " n_icvs"] | Float[Tensor, "batch n_icvs"],
 ) -> Float[Tensor, "batch pos d_model"]:
     """The ICV steering formula at one layer (float32 inside, cast back to ``x.dtype``)."""
-    x32 = x.float()
     units = unit(directions.float().to(x.device))
     lam = strengths.float().to(x.device)
     lam = lam[:, None, :] if lam.ndim == 2 else lam  # per row: [batch, 1, n_icvs]
-    norm = x32.norm(dim=-1, keepdim=True)
+    return _steer(x, units, lam, untouched_rows=None)
+
+
+def _steer(
+    x: Float[Tensor, "batch pos d_model"],
+    units: Float[Tensor, "n_icvs d_model"],
+    lam: Float[Tensor, " n_icvs"] | Float[Tensor, "batch 1 n_icvs"],
+    untouched_rows: Tensor | None | bool,
+) -> Float[Tensor, "batch pos d_model"]:
+    """``steer`` with unit directions and strengths ready. ``untouched_rows``: None to find the
+    rows whose steering term is exactly zero (returned unchanged, bit for bit), False when no
+    row's strengths are all zero, or a ``[batch, 1, 1]`` mask of the rows whose strengths are."""
+    x32 = x.float()
+    norm = torch.linalg.vector_norm(x32, dim=-1, keepdim=True)
     x_unit = x32 / norm.clamp_min(_EPS)
-    cos_to_negative = -(x_unit @ units.T)  # cos(x, −icv_i): [batch, pos, n_icvs]
-    similarity = 1.0 + cos_to_negative.clamp_min(0.0)
-    shift = (lam * similarity) @ units / units.shape[0]  # mean over ICVs
+    # s_i = 1 + max(0, cos(x, −icv_i)) = 1 − min(0, cos(x, icv_i)): [batch, pos, n_icvs]
+    similarity = 1.0 - (x_unit @ units.T).clamp_max(0.0)
+    shift = (lam * similarity) @ units
+    if units.shape[0] > 1:
+        shift = shift / units.shape[0]  # mean over ICVs
     steered = unit(x_unit + shift) * norm
-    untouched = (shift == 0).all(dim=-1, keepdim=True)
-    return torch.where(untouched, x32, steered).to(x.dtype)
+    if untouched_rows is None:
+        untouched_rows = (shift == 0).all(dim=-1, keepdim=True)
+    if untouched_rows is not False:
+        steered = torch.where(untouched_rows, x32, steered)
+    return steered.to(x.dtype)
 
 
 @register("icv")
@@ -126,15 +144,25 @@ class ICVSteering(Intervention):
             raise IclMechError(
                 f"ICVSteering: strengths for {len(self._lambdas)} rows, batch has {len(batch)}"
             )
-        return [
-            HookSpec(name, self._hook(layer, batch, model.cfg.device))
-            for layer, name in zip(layers, names)
+        hooks = [
+            (name, self._hook(layer, batch, model.cfg.device)) for layer, name in zip(layers, names)
         ]
+        return [HookSpec(name, hook) for name, hook in hooks if hook is not None]
 
     def _hook(self, layer: int, batch, device):
         directions = torch.stack([icv.direction(layer) for icv in self.icvs]).float().to(device)
+        units = unit(directions)  # once per attachment, not per forward
         lambdas = self._lambdas.to(device)
+        lam = lambdas[:, None, :] if lambdas.ndim == 2 else lambdas
+        zero = (lambdas == 0).all(dim=-1)  # rows whose steering term is exactly zero
+        if not bool(zero.any()):
+            untouched = False
+        elif lambdas.ndim == 1:
+            return None  # every λ is zero: nothing to do at all
+        else:
+            untouched = zero.view(-1, 1, 1)
         seen = {"positions": 0, "prompt": self.prompt_length}
+        all_positions = isinstance(self.positions, str) and self.positions == "all"
 
         def steer_mlp_out(activation, hook):
             if lambdas.ndim == 2 and activation.shape[0] != lambdas.shape[0]:
@@ -142,10 +170,10 @@ class ICVSteering(Intervention):
                     f"ICVSteering at {hook.name!r}: strengths for {lambdas.shape[0]} rows, "
                     f"activation has batch {activation.shape[0]}"
                 )
-            mask = self._mask(hook.name, activation, batch, seen)
+            mask = None if all_positions else self._mask(hook.name, activation, batch, seen)
             if mask is not None and not bool(mask.any()):
                 return None
-            steered = steer(activation, directions, lambdas)
+            steered = _steer(activation, units, lam, untouched)
             return steered if mask is None else torch.where(mask, steered, activation)
 
         return steer_mlp_out

@@ -134,6 +134,20 @@ class ICV(Vector):
             }
         )
 
+    def _repr_html_(self) -> str:
+        """Per layer the norms of the ICV and of the mean difference and their cosine, as a
+        table and a figure."""
+        from icl_mech.icv.figures import layers_figure
+        from icl_mech.show import cards
+
+        items = {"model": self.model_name, "layers": cards.layer_span(self.layers)}
+        return cards.card(
+            f"ICV from {self.n_pairs} demonstration pairs",
+            cards.table(self.to_frame()),
+            cards.figure(layers_figure(self), "ICV and mean difference per layer"),
+            items=items | {"d_model": self.d_model, "explained variance": self.explained_variance},
+        )
+
     def __repr__(self) -> str:
         return (
             f"ICV(model={self.model_name!r}, layers={len(self.layers)}, d_model={self.d_model}, "

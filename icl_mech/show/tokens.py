@@ -5,11 +5,14 @@ Padding is not drawn; a token's tooltip (HTML) gives its position and role."""
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
+from torch import Tensor
 
+from icl_mech import validate
 from icl_mech.errors import IclMechError
 from icl_mech.prompts import ROLES
 
@@ -26,13 +29,13 @@ _CHARS_PER_LINE = 96
 
 
 def _visible(text: str) -> str:
-    return text.replace("\n", "⏎").replace("\t", "⇥") or "∅"
+    text = text.replace("\n", "⏎").replace("\t", "⇥")
+    return "".join(c if c.isprintable() else "\ufffd" for c in text) or "∅"
 
 
 def _row_tokens(batch, row: int) -> list[tuple[int, str, str]]:
     """(position, text, role) of the row's real tokens, padding left out."""
-    if not 0 <= row < len(batch):
-        raise IclMechError(f"row {row} asked, the batch has rows 0..{len(batch) - 1}")
+    check_row(row, len(batch))
     pieces = batch.pieces[row] if batch.pieces else [f"[{int(t)}]" for t in batch.tokens[row]]
     out = []
     for position in range(batch.seq_len):
@@ -40,6 +43,13 @@ def _row_tokens(batch, row: int) -> list[tuple[int, str, str]]:
             continue
         out.append((position, pieces[position], ROLES[int(batch.roles[row, position])]))
     return out
+
+
+def check_row(row, n_rows: int) -> int:
+    """A row index of a batch of ``n_rows``, or an error naming the valid ones."""
+    if not validate.is_integer(row) or not 0 <= int(row) < n_rows:
+        raise IclMechError(f"row {row!r} asked, the batch has rows 0..{n_rows - 1}")
+    return int(row)
 
 
 def token_span(text: str, style: str, tip: str) -> str:
@@ -56,13 +66,58 @@ def token_line(title: str, spans: list[str]) -> str:
     )
 
 
-def legend_html() -> str:
+def legend_html(extra: Mapping[str, str] | None = None, roles: bool = True) -> str:
+    """The role colours and the target's outline (``roles``), then ``extra``: name -> the
+    inline style of its sample."""
+    shown = {role: f"background:{colour}" for role, colour in ROLE_COLOURS.items()} if roles else {}
+    if roles:
+        shown["target q"] = f"outline:2px solid {TARGET_EDGE}"
+    shown |= dict(extra or {})
     items = [
-        f'<span style="background:{colour};padding:0 4px;margin-right:6px">{role}</span>'
-        for role, colour in ROLE_COLOURS.items()
+        f'<span style="{style};padding:0 4px;margin-right:6px">{html.escape(name)}</span>'
+        for name, style in shown.items()
     ]
-    target = f'<span style="outline:2px solid {TARGET_EDGE};padding:0 4px">target q</span>'
-    return '<div style="font:12px sans-serif;margin:4px 0">' + "".join(items) + target + "</div>"
+    return '<div style="font:12px sans-serif;margin:4px 0">' + "".join(items) + "</div>"
+
+
+def token_axis(
+    ax, tokens: list[tuple[int, str, str]], marks: Mapping[int, str] | None = None
+) -> None:
+    """Tokens ``(position, text, role)`` as the x tick labels of ``ax``, one column each in the
+    given order; label words on their role colour, ``marks``: position -> text colour."""
+    marks = marks or {}
+    ax.set_xticks(range(len(tokens)), [_visible(text) for _, text, _ in tokens], rotation=90,
+                  fontsize=6, family="monospace")  # fmt: skip
+    for tick, (position, _, role) in zip(ax.get_xticklabels(), tokens):
+        if role == "label":
+            tick.set_backgroundcolor(ROLE_COLOURS["label"])
+        if position in marks:
+            tick.set_color(marks[position])
+            tick.set_fontweight("bold")
+
+
+def layers_text(layers: Iterable[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``"0-2, 5"``."""
+    runs: list[list[int]] = []
+    for layer in sorted(layers):
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def layer_groups(by_layer: Mapping[int, Tensor]) -> list[tuple[list[int], Tensor]]:
+    """Layers whose tensors are equal, grouped (in order of their first layer)."""
+    groups: list[tuple[list[int], Tensor]] = []
+    for layer in sorted(by_layer):
+        value = by_layer[layer]
+        same = next((g for g in groups if torch.equal(g[1], value)), None)
+        if same is None:
+            groups.append(([layer], value))
+        else:
+            same[0].append(layer)
+    return groups
 
 
 def prompt_html(batch, rows: Iterable[int] = (0,), title: str | None = None) -> str:

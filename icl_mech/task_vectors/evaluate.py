@@ -37,6 +37,7 @@ from icl_mech.task_vectors.sweep import LayerSweep, sweep_logits
 from icl_mech.task_vectors.vector import TaskVector
 
 DEFAULT_SETTINGS = Settings()
+DEV_SEED, TEST_SEED = 11, 12  # added to the protocol's seed for each split's extraction
 
 
 @dataclass
@@ -116,8 +117,8 @@ def layer_curve(
 
 def evaluate_task(model, task: Task, protocol: Settings = DEFAULT_SETTINGS) -> TaskResult:
     train, dev, test = splits(task, protocol)
-    dev_data = prepare(model, task, train, dev.examples, protocol, protocol.seed + 11)
-    test_data = prepare(model, task, train, test.examples, protocol, protocol.seed + 12)
+    dev_data = prepare(model, task, train, dev.examples, protocol, protocol.seed + DEV_SEED)
+    test_data = prepare(model, task, train, test.examples, protocol, protocol.seed + TEST_SEED)
     delta = mean_difference(model, dev_data.theta, train, dev_data.dummies, protocol.batch_size)
     swept = (("dev", dev_data), ("test", test_data))[: 2 if protocol.test_curves else 1]
     curves = [

@@ -1,4 +1,5 @@
-"""Figures: accuracy per layer (per task and mean), the baseline/ICL/TV bars, conflicts."""
+"""Figures: accuracy per layer (per task and mean, and per task as a heatmap), the
+baseline/ICL/TV bars, conflicts, the logit lens of θ."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from icl_mech.plotting import figure
+from icl_mech.show.logit_lens import LogitLens, logit_lens_figure
+from icl_mech.show.task_vectors import accuracy_heatmap
 from icl_mech.task_vectors.conflict import ConflictResult
+from icl_mech.task_vectors.lens import shown
 from icl_mech.task_vectors.results import CONDITIONS, TaskVectorResults
 
 LABELS = {
@@ -44,6 +48,17 @@ def layer_curves(results: TaskVectorResults, split: str = "dev") -> Figure:
     axes[1].legend(loc="upper right", fontsize=7)
     fig.suptitle("Task vectors: accuracy per layer")
     return fig
+
+
+def layer_heatmap(results: TaskVectorResults, split: str = "dev") -> Figure:
+    """Accuracy per task and patched layer, one panel per mode: ``accuracy_heatmap`` of the
+    curves frame (the reproduction's ``curves`` table)."""
+    return accuracy_heatmap(results.curves_frame(), split)
+
+
+def lens_figure(lenses: Sequence[LogitLens]) -> Figure:
+    """The logit lens of θ per layer for the tasks of ``lens.SHOWN`` that were run."""
+    return logit_lens_figure(shown(lenses))
 
 
 def accuracy_bars(results: TaskVectorResults) -> Figure:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import run
+from icl_mech.hooks import attach
+from icl_mech.kv_cache import KVCache
 from icl_mech.prompts import ICLPrompt, PromptBatch
 
 
@@ -34,13 +34,14 @@ def greedy(model, batch: PromptBatch, *items, max_new_tokens: int = 8) -> Genera
     """Greedy decoding of ``max_new_tokens`` tokens; ``items`` act on the prompt's pass only."""
     if max_new_tokens < 1:
         raise IclMechError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(batch))
+    cache = KVCache.new(model, len(batch))  # TransformerLens's, or the bridge's (backends)
     with torch.no_grad():
-        logits = run(model, batch, *items, past_kv_cache=cache)[:, -1]
+        with attach(model, *items, batch=batch):
+            logits = cache.forward(model, batch.tokens, batch.attention_mask)[:, -1]
         chosen = [logits.argmax(-1)]
         ones = torch.ones(len(batch), 1, dtype=batch.attention_mask.dtype)
         for _ in range(max_new_tokens - 1):
-            step = model(chosen[-1][:, None], attention_mask=ones, past_kv_cache=cache)
+            step = cache.forward(model, chosen[-1][:, None], ones)
             chosen.append(step[:, -1].argmax(-1))
     tokens = torch.stack(chosen, dim=1)
     separator = batch.prompts[0].task.separator

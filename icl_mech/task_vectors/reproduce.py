@@ -1,6 +1,7 @@
 """Reproduce Hendel et al. 2023 through the runner: the baseline / ICL / task-vector table over
-the bundled input→output and city tasks, accuracy per layer, and the conflicting-tasks
-experiment (demonstrations of task A, the vector of task B)."""
+the bundled input→output and city tasks, accuracy per layer (curves and a task x layer
+heatmap), the conflicting-tasks experiment (demonstrations of task A, the vector of task B),
+and the logit lens of each task's dev θ per layer."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from icl_mech import tasks as bundled
 from icl_mech.runner import Report
 from icl_mech.task_vectors.conflict import conflicting_tasks
 from icl_mech.task_vectors.evaluate import evaluate
-from icl_mech.task_vectors.figures import accuracy_bars, conflict_bars, layer_curves
+from icl_mech.task_vectors.figures import (
+    accuracy_bars,
+    conflict_bars,
+    layer_curves,
+    layer_heatmap,
+    lens_figure,
+)
+from icl_mech.task_vectors.lens import theta_lens
 from icl_mech.task_vectors.settings import Settings
 
 PAPER = {"baseline": 0.13, "icl": 0.84, "tv_replace": 0.74}  # mean over the paper's 7 models
@@ -33,14 +41,21 @@ def compute(model, settings: Settings, progress: bool = True) -> Report:
         "effects": results.effects_frame(),
         "curves": results.curves_frame(),
     }
-    figures = {"layers": layer_curves(results), "accuracy": accuracy_bars(results)}
+    lenses = [theta_lens(model, bundled.load(n), settings) for n in names]
+    tables["logit_lens"] = pd.concat([lens.to_frame() for lens in lenses], ignore_index=True)
+    figures = {
+        "layers": layer_curves(results),
+        "heatmap": layer_heatmap(results),
+        "accuracy": accuracy_bars(results),
+        "logit_lens": lens_figure(lenses),
+    }
     if conflicts:
         tables["conflict"] = pd.concat([c.to_frame() for c in conflicts], ignore_index=True)
         figures["conflict"] = conflict_bars(conflicts)
-    return Report("task-vectors", settings, tables, figures, _headline(results, conflicts))
+    return Report("task-vectors", settings, tables, figures, headline(results, conflicts))
 
 
-def _headline(results, conflicts) -> dict:
+def headline(results, conflicts) -> dict:
     """Means over tasks; every accuracy and paired difference (``CONTRASTS``) with ``*_ci``: a
     95% stratified bootstrap interval (queries resampled within tasks, tasks fixed)."""
 
@@ -54,7 +69,7 @@ def _headline(results, conflicts) -> dict:
 
     names = [t.task for t in results.tasks]
     city = [n for n in names if n in bundled.names("city")]
-    headline = {
+    out = {
         "n_tasks": len(names),
         "n_test_per_task": results.protocol.n_test,
         "mean": rounded(),
@@ -63,7 +78,7 @@ def _headline(results, conflicts) -> dict:
         "paper_mean": PAPER,
     }
     for c in conflicts:
-        headline[f"conflict {c.task_a} demos / {c.task_b} vector"] = {
+        out[f"conflict {c.task_a} demos / {c.task_b} vector"] = {
             name: {
                 "follows_demos": round(c.follows_a[name], 3),
                 "follows_demos_ci": _ci(c.estimate(name, "a")),
@@ -72,7 +87,7 @@ def _headline(results, conflicts) -> dict:
             }
             for name, b in c.follows_b.items()
         }
-    return headline
+    return out
 
 
 def _ci(estimate) -> list[float]:

@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
-from icl_mech import stats
+from icl_mech.per_task import OverTasks, TaskHits
 from icl_mech.task_vectors.settings import Settings
 from icl_mech.task_vectors.sweep import LayerSweep
 from icl_mech.task_vectors.vector import TaskVector
@@ -27,7 +26,7 @@ CONTRASTS = (
 
 
 @dataclass
-class TaskResult:
+class TaskResult(TaskHits):
     task: str
     n_layers: int
     n_dev: int
@@ -44,17 +43,6 @@ class TaskResult:
 
     def curve(self, mode: str, split: str = "test") -> LayerSweep:
         return next(c for c in self.curves if c.mode == mode and c.split == split)
-
-    def estimate(self, condition: str) -> stats.Estimate:
-        """First-token accuracy of a condition with a 95% bootstrap interval over the test
-        queries (each query is one unit)."""
-        return stats.bootstrap(np.asarray(self.correct[condition], dtype=float))
-
-    def difference(self, condition: str, minus: str) -> stats.Estimate:
-        """Paired accuracy difference ``condition - minus`` over the same test queries."""
-        return stats.paired(
-            np.asarray(self.correct[condition], float), np.asarray(self.correct[minus], float)
-        )
 
     def to_frame(self) -> pd.DataFrame:
         intervals = {}
@@ -80,48 +68,40 @@ class TaskResult:
 
 
 @dataclass
-class TaskVectorResults:
+class TaskVectorResults(OverTasks):
+    conditions = CONDITIONS
+    contrasts = CONTRASTS
+
     """The table over tasks."""
 
     tasks: list[TaskResult]
     protocol: Settings
 
+    def __repr__(self) -> str:
+        names = [t.task for t in self.tasks]
+        shown = names if len(names) <= 4 else names[:3] + ["..."]
+        return (
+            f"TaskVectorResults({len(names)} tasks: {', '.join(shown)}; "
+            f"n_test={self.protocol.n_test})"
+        )
+
+    def _repr_html_(self) -> str:
+        """First-token accuracy per task and condition, and the mean over tasks, with 95%
+        intervals over test queries; the bars of ``accuracy_bars``."""
+        from icl_mech.show import cards
+        from icl_mech.task_vectors.figures import accuracy_bars
+
+        summary = self.summary()
+        ratios = {f"{c} / icl": summary[f"{c}_over_icl"] for c in ("tv_replace", "tv_add")}
+        return cards.card(
+            "Task vectors: first-token accuracy on test [95% interval over queries]",
+            cards.table(self.accuracy_frame(), max_rows=None),
+            cards.figure(accuracy_bars(self), "baseline, ICL and task-vector accuracy per task"),
+            items={"tasks": len(self.tasks), "n_test per task": self.protocol.n_test} | ratios,
+        )
+
     def to_frame(self) -> pd.DataFrame:
         return pd.concat([t.to_frame() for t in self.tasks], ignore_index=True)
-
-    def intervals(self, tasks: Sequence[str] | None = None) -> dict[str, stats.Estimate]:
-        """Per condition the mean accuracy over tasks, and per contrast (``CONTRASTS``) the mean
-        paired difference, with 95% stratified bootstrap intervals: test queries are resampled
-        within each task, the tasks are fixed (``stats.stratified``); ``n`` counts queries."""
-        chosen = [t for t in self.tasks if tasks is None or t.task in list(tasks)]
-        if not chosen:
-            return {}
-        strata = [t.task for t in chosen for _ in t.correct[CONDITIONS[0]]]
-
-        def pooled(condition):
-            return np.concatenate([np.asarray(t.correct[condition], float) for t in chosen])
-
-        out = {c: stats.stratified(pooled(c), strata) for c in CONDITIONS}
-        for name, a, b in CONTRASTS:
-            out[name] = stats.stratified(pooled(a) - pooled(b), strata)
-        return out
-
-    def effects_frame(self) -> pd.DataFrame:
-        """Paired differences of accuracy (``CONTRASTS``) per task and their mean over tasks,
-        each with a 95% bootstrap interval and the formatted ``effect`` column."""
-        rows = [
-            {"task": t.task, "contrast": name} | t.difference(a, b).as_dict("difference")
-            for t in self.tasks
-            for name, a, b in CONTRASTS
-        ]
-        means = self.intervals()
-        rows += [
-            {"task": "mean", "contrast": name} | means[name].as_dict("difference")
-            for name, _, _ in CONTRASTS
-        ]
-        out = pd.DataFrame(rows)
-        out["effect"] = stats.with_intervals(out, "difference")
-        return out
 
     def accuracy_frame(self) -> pd.DataFrame:
         """Per task and the mean over tasks: each condition as ``"0.60 [0.52, 0.68]"``."""

@@ -5,7 +5,8 @@ query's prefix runs once (filling a TransformerLens key/value cache); the cache 
 repeated once per layer and the last token alone runs for all ``layers x queries`` rows in a
 single pass, rows of block ``i`` patched at ``layers[i]`` by registry ``Patch``/``AddVector``
 items with row masks. ``naive_sweep_logits`` (one full patched forward per layer) is the
-reference it must equal.
+reference it must equal. On the bridge (no ``start_at_layer``) each group's pass runs the last
+token through every layer against the same cached prefix: the same numbers, less saving.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
+from icl_mech.backends import is_bridge, keep_last
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import AddVector, Capture, Patch, attach, points, run
+from icl_mech.kv_cache import KVCache
 from icl_mech.prompts import PromptBatch
 from icl_mech.task_vectors.patching import SUFFIX, AddToResidual, ReplaceResidual
 from icl_mech.task_vectors.vector import Mode
@@ -51,7 +54,9 @@ def sweep_logits(
     chunks = [c.tolist() for c in torch.arange(len(layers)).tensor_split(groups)]
     starts = [layers[chunk[0]] for chunk in chunks]
     with torch.no_grad():
-        cache = _prefix_cache(model, batch)
+        if is_bridge(model):
+            return _bridge_sweep(model, batch, rows, layers, chunks, mode, scale)
+        cache = prefix_cache(model, batch)
         cache.freeze()
         entry = _start_states(model, batch, cache, starts)
         out = [
@@ -104,7 +109,35 @@ def _validate(model, batch, vectors, mode, layers) -> tuple[list[int], Tensor]:
     return layers, vectors.to(model.cfg.device, model.cfg.dtype)
 
 
-def _prefix_cache(model, batch: PromptBatch) -> TransformerLensKeyValueCache:
+def _bridge_sweep(model, batch, rows, layers, chunks, mode, scale) -> Tensor:
+    """The sweep on the bridge: the prefix cached once (``KVCache``), then per group one pass of
+    the last token, repeated per layer, against it."""
+    cache = KVCache.new(model, len(batch))
+    if batch.seq_len > 1:
+        cache.forward(model, batch.tokens[:, :-1], batch.attention_mask[:, :-1], **keep_last(model))
+    cache.freeze()
+    out = []
+    for chunk in chunks:
+        chosen, n_layers, size = [layers[i] for i in chunk], len(chunk), len(batch)
+        values = einops.rearrange(rows[:, chunk], "batch layer d_model -> (layer batch) d_model")
+        items = [
+            _layer_item(name, values, _block_mask(i, n_layers, size), mode, scale)
+            for i, name in enumerate(points(model, SUFFIX, chosen))
+        ]
+        last = einops.repeat(batch.tokens[:, -1:], "batch one -> (layer batch) one", layer=n_layers)
+        with attach(model, *items):
+            logits = cache.repeat(n_layers).forward(
+                model, last, torch.ones_like(last), **keep_last(model)
+            )
+        out.append(
+            einops.rearrange(
+                logits[:, -1], "(layer batch) vocab -> layer batch vocab", layer=n_layers
+            )
+        )
+    return torch.cat(out)
+
+
+def prefix_cache(model, batch: PromptBatch) -> TransformerLensKeyValueCache:
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(batch))
     if batch.seq_len > 1:
         model(
@@ -134,7 +167,7 @@ def _start_states(model, batch, cache, starts: list[int]) -> dict[int, Tensor]:
 def _group_logits(model, cache, entry, rows, layers, mode, scale) -> Tensor:
     """One pass from ``layers[0]`` over ``len(layers) x batch`` rows, block i patched at i."""
     n_layers, size = len(layers), rows.shape[0]
-    repeated = _repeat_cache(cache, n_layers)
+    repeated = repeat_cache(cache, n_layers)
     mask = torch.cat([repeated.previous_attention_mask, torch.ones(n_layers * size, 1)], dim=1)
     residual = einops.repeat(entry, "batch d_model -> (layer batch) 1 d_model", layer=n_layers)
     values = einops.rearrange(rows, "batch layer d_model -> (layer batch) d_model")
@@ -154,7 +187,7 @@ def _group_logits(model, cache, entry, rows, layers, mode, scale) -> Tensor:
     )
 
 
-def _repeat_cache(cache: TransformerLensKeyValueCache, times: int) -> TransformerLensKeyValueCache:
+def repeat_cache(cache: TransformerLensKeyValueCache, times: int) -> TransformerLensKeyValueCache:
     def tile(tensor: Tensor) -> Tensor:
         return einops.repeat(tensor, "batch ... -> (layer batch) ...", layer=times)
 

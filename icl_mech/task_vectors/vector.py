@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -66,6 +67,34 @@ class TaskVector(Vector):
         return (
             f"TaskVector(kind={self.kind!r}, task={task!r}, sets={len(self)}, "
             f"layers={self.layers[0]}..{self.layers[-1]}, d_model={self.d_model})"
+        )
+
+    def _repr_html_(self) -> str:
+        """Per layer the mean norm of θ over demonstration sets and, with several sets, their
+        mean pairwise cosine (how much the sets agree), as a table and a figure."""
+        from icl_mech.show import cards
+
+        values = self.values.detach().float().cpu()
+        frame = pd.DataFrame(
+            {"layer": self.layers, "mean norm": values.norm(dim=-1).mean(0).numpy()}
+        )
+        if len(self) > 1:
+            units = torch.nn.functional.normalize(values, dim=-1)
+            cosines = torch.einsum("sld,tld->lst", units, units)
+            frame["cosine between sets"] = (
+                cosines[:, ~torch.eye(len(self), dtype=bool)].mean(-1).numpy()
+            )
+        picture = cards.layer_figure(frame, [[c] for c in frame.columns[1:]], repr(self))
+        items = {
+            "sets": len(self),
+            "layers": cards.layer_span(self.layers),
+            "d_model": self.d_model,
+        }
+        return cards.card(
+            f"TaskVector ({self.kind}) of {self.provenance.get('task', '?')}",
+            cards.table(frame),
+            cards.figure(picture, "task vector norm and agreement between sets per layer"),
+            items=items | {k: v for k, v in self.provenance.items() if k in ("model", "seed")},
         )
 
     def __len__(self) -> int:

@@ -1,0 +1,105 @@
+"""Figures: the layer × head map of indirect effects, the side-by-side accuracy bars, and each
+vector's dev accuracy per layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from icl_mech.function_vectors.effects import IndirectEffect
+from icl_mech.function_vectors.results import CONDITIONS, VECTORS, FunctionVectorResults
+from icl_mech.plotting import figure
+
+LABELS = {
+    "baseline": "baseline (zero-shot)",
+    "icl": "ICL",
+    "icl_shuffled": "ICL, shuffled labels",
+    "tv_replace": "task vector, replace",
+    "tv_add": "mean difference, add",
+    "fv_add": "function vector, add",
+    "fv_shuffled": "shuffled labels + function vector",
+}
+
+
+def indirect_effect_map(
+    effects: IndirectEffect | Sequence[IndirectEffect], k: int = 10, mean: bool = True
+) -> Figure:
+    """Indirect effect of every head (rows: layers, columns: heads), one panel per task and
+    (``mean``, with several tasks) one for the average over tasks; circles mark the top ``k``."""
+    effects = [effects] if isinstance(effects, IndirectEffect) else list(effects)
+    panels = [(e.task, e.mean.numpy(), e.layers) for e in effects]
+    if mean and len(effects) > 1:
+        average = np.mean([e.mean.numpy() for e in effects], axis=0)
+        panels.append(("mean over tasks", average, effects[0].layers))
+    limit = max(float(np.abs(values).max()) for _, values, _ in panels) or 1.0
+    n_heads = panels[0][1].shape[1]
+    width = min(2.6, 0.5 + 0.22 * n_heads)
+    fig, axes = figure(width * len(panels) + 1.2, 0.6 + 0.16 * len(panels[0][2]), 1, len(panels),
+                       squeeze=False, sharey=True)  # fmt: skip
+    image = None
+    for ax, (title, values, layers) in zip(axes[0], panels):
+        image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto",
+                          origin="lower", extent=(-0.5, n_heads - 0.5, layers[0] - 0.5,
+                                                  layers[-1] + 0.5))  # fmt: skip
+        flat = np.argsort(-values.flatten(), kind="stable")[:k]
+        ax.scatter(flat % n_heads, np.asarray(layers)[flat // n_heads], s=22, facecolors="none",
+                   edgecolors="black", linewidths=0.8)  # fmt: skip
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_xticks(range(n_heads))
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("layer")
+    fig.colorbar(image, ax=axes[0].tolist(), label="indirect effect (Δ P(answer))", shrink=0.8)
+    fig.suptitle(f"Indirect effect per head (circles: top {k})")
+    return fig
+
+
+def accuracy_bars(results: FunctionVectorResults) -> Figure:
+    """Every condition per task (test) and the mean over tasks; whiskers: 95% bootstrap
+    intervals over test queries (the mean: stratified, queries resampled within tasks)."""
+    means = results.intervals()
+    names = [t.task for t in results.tasks] + ["mean"]
+    x = np.arange(len(names))
+    width = 0.84 / len(CONDITIONS)
+    fig, ax = figure(max(8, 0.9 * len(names) + 2), 4.2)
+    for i, condition in enumerate(CONDITIONS):
+        estimates = [t.estimate(condition) for t in results.tasks] + [means[condition]]
+        values = np.array([e.value for e in estimates])
+        errors = np.clip([[e.value - e.low, e.high - e.value] for e in estimates], 0, None).T
+        offset = (i - (len(CONDITIONS) - 1) / 2) * width
+        ax.bar(x + offset, values, width, yerr=errors, capsize=1.2,
+               error_kw={"elinewidth": 0.7}, label=LABELS[condition])  # fmt: skip
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("first-token accuracy (test)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.set_title("Baseline, ICL, task vector, mean difference, function vector", pad=30)
+    return fig
+
+
+def layer_curves(results: FunctionVectorResults) -> Figure:
+    """Dev first-token accuracy per patched layer for each vector: one thin line per task, the
+    mean over tasks in bold; dashed: mean ICL (test), dotted: mean baseline (test)."""
+    curves = results.curves_frame()
+    table = results.to_frame()
+    fig, axes = figure(3.2 * len(VECTORS) + 1, 3.6, 1, len(VECTORS), sharey=True)
+    for ax, condition in zip(axes, VECTORS):
+        part = curves[curves["mode"] == condition]
+        few = part["task"].nunique() <= 6
+        for task, one in part.groupby("task", sort=False):
+            ax.plot(one["layer"], one["accuracy"], lw=0.9, alpha=0.6 if few else 0.35,
+                    label=task if few else None)  # fmt: skip
+        mean = part.groupby("layer")["accuracy"].mean()
+        ax.plot(mean.index, mean.values, color="black", lw=2.0, label="mean over tasks")
+        reference = "icl_shuffled" if condition == "fv_shuffled" else "icl"
+        ax.axhline(table[reference].mean(), color="tab:green", ls="--", label=f"mean {reference}")
+        ax.axhline(table["baseline"].mean(), color="tab:gray", ls=":", label="mean baseline")
+        ax.set_title(LABELS[condition], fontsize=9)
+        ax.set_xlabel("layer (vector after it)")
+    axes[0].set_ylabel("first-token accuracy (dev)")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[-1].legend(fontsize=6, loc="upper right")
+    fig.suptitle("Accuracy per layer")
+    return fig

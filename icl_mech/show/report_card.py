@@ -1,0 +1,56 @@
+"""The report card of ``icl-mech check`` as one self-contained HTML page: the verdicts with
+their evidence, then the pictures behind them (figures inlined as PNG, token pictures as HTML).
+"""
+
+from __future__ import annotations
+
+from icl_mech.show.cards import card, escape, figure, note, page
+
+ANSWER_COLOURS = {"yes": "#1a7f37", "weak": "#9a6700", "no": "#cf222e"}
+_CELL = "padding:4px 10px;border-bottom:1px solid #eaeef2;vertical-align:top"
+
+
+def verdict_table(verdicts) -> str:
+    rows = []
+    for v in verdicts:
+        colour = ANSWER_COLOURS[v.answer]
+        rows.append(
+            f'<tr><td style="{_CELL};white-space:nowrap">{escape(v.method)}</td>'
+            f'<td style="{_CELL}">{escape(v.question)}</td>'
+            f'<td style="{_CELL};font-weight:bold;color:{colour}">{escape(v.answer.upper())}</td>'
+            f'<td style="{_CELL}">{escape(v.evidence)}</td></tr>'
+        )
+    head = "".join(
+        f'<th style="{_CELL};text-align:left">{name}</th>'
+        for name in ("method", "question", "verdict", "evidence")
+    )
+    return f'<table style="border-collapse:collapse"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def report_html(report_card) -> str:
+    """The whole page. Figures are drawn without closing them: the card keeps its figures."""
+    rc = report_card
+    summary = card(
+        f"icl_mech report card: {rc.model}",
+        verdict_table(rc.verdicts),
+        note(
+            "yes: the 95% interval of the effect excludes zero in the claimed direction; weak: "
+            "it does, but the effect is too small to call the method working; no: otherwise. "
+            "Intervals: bootstrap over queries (stratified by task where tasks are pooled)."
+        ),
+        items={"checked in": f"{rc.seconds:.0f} s", "settings": _settings_line(rc.settings)},
+    )
+    pictures = [
+        card(title, picture if isinstance(picture, str) else figure(picture, title, close=False))
+        for title, picture in rc.figures.items()
+    ]
+    return page(summary + "".join(pictures), f"icl_mech report card: {rc.model}")
+
+
+def _settings_line(settings) -> str:
+    cls = type(settings)
+    if settings == cls.quick(threads=settings.threads):
+        return "quick"
+    if settings == cls(threads=settings.threads):
+        return "default"
+    return "custom"
