@@ -42,7 +42,9 @@ notebooks: setup
 		ICL_MECH_QUICK=1 $(BIN)/jupyter-execute --inplace --timeout=1200 $$nb || exit 1; \
 	done
 
+# the peers (nnsight, pyvene) are a separate extra, installed only here
 benchmarks: setup
+	$(BIN)/pip install --quiet -e ".[bench]"
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:

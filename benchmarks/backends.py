@@ -1,0 +1,87 @@
+"""Forward time of the two backends on the same weights and batch, for both real models.
+
+For SmolLM2-135M (embedded) and Gemma-3-270M: the toolkit's ``HookedTransformer``
+(``backend="hooked"``), its ``TransformerBridge`` (``backend="bridge"``) and the plain Hugging
+Face model (eager attention), one torch thread, a batch of 8 left-padded 1-shot sentiment prompts.
+The logits are checked equal (max |difference| <= 1e-3) before any time counts. Runs are
+interleaved in rounds; the printed ratios are medians over rounds of the per-round ratio.
+
+    python benchmarks/backends.py [--rounds 7] [--models smollm2,gemma]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from icl_mech import PromptBatch, load_model, models, tasks
+from icl_mech.evaluation import build_prompts
+
+TOLERANCE = 1e-3
+NAMES = {"smollm2": None, "gemma": models.GEMMA_NAME}
+
+
+def hugging_face(name: str):
+    from transformers import AutoModelForCausalLM
+
+    folder = models.gemma_folder() if name == "gemma" else models.embedded_folder()
+    plain = AutoModelForCausalLM.from_pretrained(
+        str(folder), attn_implementation="eager", dtype=torch.float32
+    )
+    return plain.eval()
+
+
+def seconds(forward) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        forward()
+    return time.perf_counter() - start
+
+
+def measure(name: str, rounds: int) -> dict[str, float]:
+    hooked = load_model(NAMES[name], backend="hooked")
+    bridge = load_model(NAMES[name], backend="bridge")
+    plain = hugging_face(name)
+    task = tasks.load("sentiment")
+    pool, test = task.split(8, seed=0)
+    batch = PromptBatch.from_prompts(hooked, build_prompts(pool, 1, test.examples, seed=0))
+    tokens, mask = batch.tokens, batch.attention_mask
+    forwards = {
+        "hooked": lambda: hooked(tokens, attention_mask=mask),
+        "bridge": lambda: bridge(tokens, attention_mask=mask),
+        "hf": lambda: plain(tokens, attention_mask=mask).logits,
+    }
+    with torch.no_grad():
+        logits = {k: f() for k, f in forwards.items()}
+    real = mask.bool()
+    for k in ("bridge", "hf"):
+        gap = float((logits[k] - logits["hooked"])[real].abs().max())
+        if gap > TOLERANCE:
+            raise SystemExit(f"{name}: {k} logits differ from hooked by {gap:.2e}")
+    ratios: dict[str, list[float]] = {"bridge / hooked": [], "hooked / hf": [], "bridge / hf": []}
+    for _ in range(rounds):
+        t = {k: seconds(f) for k, f in forwards.items()}
+        ratios["bridge / hooked"].append(t["bridge"] / t["hooked"])
+        ratios["hooked / hf"].append(t["hooked"] / t["hf"])
+        ratios["bridge / hf"].append(t["bridge"] / t["hf"])
+    shape = f"{tokens.shape[0]} x {tokens.shape[1]}"
+    print(f"{name}: batch {shape}, logits agree (<= {TOLERANCE:g})")
+    return {k: statistics.median(v) for k, v in ratios.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--models", default="smollm2,gemma")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for name in args.models.split(","):
+        ratios = measure(name, args.rounds)
+        print("  " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()
