@@ -1,8 +1,10 @@
 """Forward time of the two backends on the same weights and batch, for both real models.
 
 For SmolLM2-135M (embedded) and Gemma-3-270M: the toolkit's ``HookedTransformer``
-(``backend="hooked"``), its ``TransformerBridge`` (``backend="bridge"``) and the plain Hugging
-Face model (eager attention), one torch thread, a batch of 8 left-padded 1-shot sentiment prompts.
+(``backend="hooked"``, weights laid out for ``F.linear`` at load time), the same with the weights
+as TransformerLens stores them (``linear_layout=False``: the "before"), its ``TransformerBridge``
+(``backend="bridge"``) and the plain Hugging Face model (eager attention), one torch thread,
+a batch of 8 left-padded 1-shot sentiment prompts.
 The logits are checked equal (max |difference| <= 1e-3) before any time counts. Runs are
 interleaved in rounds; the printed ratios are medians over rounds of the per-round ratio.
 
@@ -43,6 +45,7 @@ def seconds(forward) -> float:
 
 def measure(name: str, rounds: int) -> dict[str, float]:
     hooked = load_model(NAMES[name], backend="hooked")
+    stored = load_model(NAMES[name], backend="hooked", linear_layout=False)
     bridge = load_model(NAMES[name], backend="bridge")
     plain = hugging_face(name)
     task = tasks.load("sentiment")
@@ -51,22 +54,28 @@ def measure(name: str, rounds: int) -> dict[str, float]:
     tokens, mask = batch.tokens, batch.attention_mask
     forwards = {
         "hooked": lambda: hooked(tokens, attention_mask=mask),
+        "stored": lambda: stored(tokens, attention_mask=mask),
         "bridge": lambda: bridge(tokens, attention_mask=mask),
         "hf": lambda: plain(tokens, attention_mask=mask).logits,
     }
     with torch.no_grad():
         logits = {k: f() for k, f in forwards.items()}
     real = mask.bool()
-    for k in ("bridge", "hf"):
+    for k in ("stored", "bridge", "hf"):
         gap = float((logits[k] - logits["hooked"])[real].abs().max())
         if gap > TOLERANCE:
             raise SystemExit(f"{name}: {k} logits differ from hooked by {gap:.2e}")
-    ratios: dict[str, list[float]] = {"bridge / hooked": [], "hooked / hf": [], "bridge / hf": []}
+    pairs = {
+        "hooked / hf": ("hooked", "hf"),
+        "hooked before layout / hf": ("stored", "hf"),
+        "bridge / hf": ("bridge", "hf"),
+        "bridge / hooked": ("bridge", "hooked"),
+    }
+    ratios: dict[str, list[float]] = {label: [] for label in pairs}
     for _ in range(rounds):
         t = {k: seconds(f) for k, f in forwards.items()}
-        ratios["bridge / hooked"].append(t["bridge"] / t["hooked"])
-        ratios["hooked / hf"].append(t["hooked"] / t["hf"])
-        ratios["bridge / hf"].append(t["bridge"] / t["hf"])
+        for label, (top, bottom) in pairs.items():
+            ratios[label].append(t[top] / t[bottom])
     shape = f"{tokens.shape[0]} x {tokens.shape[1]}"
     print(f"{name}: batch {shape}, logits agree (<= {TOLERANCE:g})")
     return {k: statistics.median(v) for k, v in ratios.items()}

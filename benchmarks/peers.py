@@ -59,7 +59,6 @@ ICV_PROMPTS = [
     "Write one sentence about your last flight:",
     "Describe the new phone in a few words:",
 ]
-LAID = "weights laid out at load (*)"
 # rounds per part, as multiples of --rounds: short runs need more to beat the timing noise
 ROUNDS_PER_PART = {"a": 1, "b": 1, "c": 2, "d": 2, "e": 20}
 SUFFIXES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
@@ -73,7 +72,6 @@ class Context:
     model: object  # the toolkit's HookedTransformer, as load_model() gives it
     hf: object = None  # transformers, eager attention (the papers' approaches)
     nn: object = None  # nnsight around a second copy of the same weights
-    laid: object = None  # a second HookedTransformer, weights laid out for F.linear once
     inputs: dict = field(default_factory=dict)
 
 
@@ -107,16 +105,7 @@ def load_toolkit_model():
 load_toolkit_model.cached = None
 
 
-def laid_out_model():
-    """The embedded model with its weights laid out for F.linear for good (what load_model
-    could do at load time; see icl_mech.layout): no copy of the weights per forward."""
-    from icl_mech import load_model
-    from icl_mech.layout import lay_out
-
-    return lay_out(load_model())
-
-
-def context(parts: str, peers: bool = True, nn: bool = True, laid: bool = True) -> Context:
+def context(parts: str, peers: bool = True, nn: bool = True) -> Context:
     from icl_mech import PromptBatch, tasks
     from icl_mech.anchors.experiment import task_prompts
     from icl_mech.batching import encode_text, pad_tokens
@@ -126,8 +115,6 @@ def context(parts: str, peers: bool = True, nn: bool = True, laid: bool = True) 
 
     model = load_toolkit_model()
     ctx = Context(model, hf_model() if peers else None, nnsight_model() if nn else None)
-    if laid and any(part in parts for part in "cde"):
-        ctx.laid = laid_out_model()
     with torch.no_grad():
         if any(part in parts for part in "ade"):
             batch = PromptBatch.from_prompts(
@@ -347,8 +334,6 @@ def generation_runs(ctx: Context) -> dict:
         return out[:, prompt:].tolist()
 
     runs = {"toolkit: generate + ICVSteering": toolkit}
-    if ctx.laid is not None:
-        runs[f"toolkit, {LAID}"] = lambda: toolkit(ctx.laid)
     if hf is not None:
         runs["paper: HF generate, every MLP wrapped"] = paper
     if nn is not None:
@@ -364,7 +349,6 @@ def token_difference(reference, other) -> float:
 
 
 HOOKED, PLAIN = "toolkit: attach(150 no-op hooks) + forward", "toolkit: plain forward"
-LAID_HOOKED, LAID_PLAIN = f"toolkit, {LAID}: attach + forward", f"toolkit, {LAID}: plain"
 TRACED, HF_PLAIN = "nnsight: trace reading the same 150 values", "Hugging Face: plain forward"
 
 
@@ -411,9 +395,6 @@ def overhead_runs(ctx: Context, short: bool) -> dict:
         return logits
 
     runs = {HOOKED: lambda: hooked(ctx.model), PLAIN: lambda: plain(ctx.model)}
-    if ctx.laid is not None:
-        runs[LAID_HOOKED] = lambda: hooked(ctx.laid)
-        runs[LAID_PLAIN] = lambda: plain(ctx.laid)
     if nn is not None:
         runs[TRACED] = traced
     if hf is not None:
@@ -505,7 +486,7 @@ def peak_memory(part: str, name: str) -> int | None:
 def measure_memory_child(part: str, name: str) -> None:
     torch.set_num_threads(1)
     needs_hf = not name.startswith("toolkit")
-    ctx = context(part, peers=needs_hf, nn=name.startswith("nnsight"), laid=False)
+    ctx = context(part, peers=needs_hf, nn=name.startswith("nnsight"))
     _, make, _, needs_grad = WORKLOADS[part]
     fn = make(ctx)[name]
     print(json.dumps({"peak": peak_memory_here(fn, needs_grad)}))
@@ -543,7 +524,7 @@ def report(part: str, ctx: Context, rounds: int, memory: bool) -> list[tuple]:
     runs = {name: fn for name, fn in runs.items() if checked[name]}
     times = interleaved(runs, rounds * ROUNDS_PER_PART[part], needs_grad)
     peaks = {
-        name: peak_memory(part, name) if memory and part != "e" and LAID not in name else None
+        name: peak_memory(part, name) if memory and part != "e" else None
         for name in runs
     }
     header = f"  {'implementation':<72} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} {'|diff|':>8}"
@@ -581,9 +562,6 @@ def overhead_summary(part, runs, times, peaks) -> list[tuple]:
         f"  registry overhead per forward: {ours[0] * 1e3:+.1f} ms wall, {ours[1] * 1e3:+.1f} ms "
         f"cpu (hooked / plain {median_ratio(times[HOOKED], times[PLAIN], 1):.3f}x cpu)"
     )
-    if LAID_HOOKED in runs:
-        laid = extra(LAID_HOOKED, LAID_PLAIN, 1)
-        print(f"  registry overhead, weights laid out: {laid * 1e3:+.1f} ms cpu")
     if TRACED not in runs or HF_PLAIN not in runs:
         return []
     theirs = [extra(TRACED, HF_PLAIN, i) for i in (0, 1)]
@@ -604,17 +582,6 @@ def overhead_summary(part, runs, times, peaks) -> list[tuple]:
             mem,
         )
     ]
-    if LAID_HOOKED in runs:
-        rows.append(
-            (
-                part,
-                f"{LAID[:-4]}: attach + fwd",
-                "nnsight trace + forward",
-                median_ratio(times[LAID_HOOKED], times[TRACED], 0),
-                median_ratio(times[LAID_HOOKED], times[TRACED], 1),
-                None,
-            )
-        )
     if not all(t > 0 for t in ours + theirs):
         print("  (an overhead at or below zero: smaller than the timing noise of this forward)")
     else:
@@ -663,11 +630,6 @@ def main() -> None:
         ok = "yes" if cpu <= 1.0 else "NO"
         ours, peer = ours.removeprefix("toolkit").lstrip(":, "), peer.split(":")[0]
         print(f"  {part:5}{ours[:42]:<43}{peer[:31]:<32}{wall:6.2f}{cpu:6.2f}{shown:>7}  {ok}")
-    print(
-        "(*) a second copy of the model with its weights laid out for F.linear once "
-        "(icl_mech.layout.lay_out), as load_model could store them; the "
-        "toolkit as loaded lays them out per call (saliency, generate) or not at all (one forward)"
-    )
 
 
 if __name__ == "__main__":

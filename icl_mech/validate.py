@@ -184,6 +184,22 @@ def tensor(value, name: str, *, min_ndim: int = 1) -> Tensor:
     return value
 
 
+def n_devices(value, device_name: str) -> int:
+    """How many devices one model is split over: 1, or up to the machine's CUDA devices (the
+    split needs a CUDA ``device``)."""
+    n = count(value, "load_model n_devices")
+    if n == 1:
+        return n
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not device_name.startswith("cuda") or n > available:
+        raise IclMechError(
+            f"load_model: n_devices={n} splits the model's layers over {n} CUDA devices, but "
+            f"device={device_name!r} and this machine has {available} CUDA device(s); use "
+            f"n_devices=1{', or device=' + repr('cuda') if available > 1 else ''}"
+        )
+    return n
+
+
 def device(value, name: str = "device") -> str:
     """A torch device that this machine has (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``)."""
     hints = {"gpu": "cuda", "cuda0": "cuda:0", "metal": "mps"}

@@ -17,6 +17,26 @@ def test_embedded_logits_equal_transformers_model(embedded):
 
 
 @pytest.mark.embedded
+def test_weights_laid_out_at_load_change_no_number(embedded):
+    stored = models.load_model(linear_layout=False)  # TransformerLens's own layout
+    assert all(p.is_contiguous() for p in stored.parameters())
+    relaid = {n for n, p in embedded.named_parameters() if not p.is_contiguous()}
+    assert {"unembed.W_U", "blocks.0.mlp.W_in", "blocks.0.attn.W_Q"} <= relaid
+    for (name, ours), (_, theirs) in zip(embedded.named_parameters(), stored.named_parameters()):
+        assert torch.equal(ours, theirs), name
+    tokens = embedded.tokenizer("Review: a warm, funny film\nSentiment:", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(embedded(tokens.input_ids), stored(tokens.input_ids))
+
+
+@pytest.mark.parametrize("n_devices", [0, 2, 1.5, "2"])
+def test_n_devices_beyond_the_machine_is_refused_before_loading(n_devices, monkeypatch):
+    monkeypatch.setattr(models, "embedded_folder", lambda: pytest.fail("loaded a model"))
+    with pytest.raises(IclMechError, match="n_devices"):
+        models.load_model(n_devices=n_devices)
+
+
+@pytest.mark.embedded
 def test_embedded_config(embedded):
     cfg = embedded.cfg
     assert (cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads, cfg.d_model) == (30, 9, 3, 576)

@@ -8,6 +8,7 @@
 - ``attach``: clearing only the points it used leaves no hook behind, nested blocks included.
 """
 
+import copy
 import sys
 from contextlib import nullcontext
 
@@ -210,16 +211,19 @@ def generations(model, monkeypatch, prompts, *items, fast: bool, **settings):
     return out.new_tokens, states
 
 
-def check_same_generation(model, monkeypatch, prompts, *items, **settings):
+def check_same_generation(model, monkeypatch, prompts, *items, stored=None, **settings):
+    """``stored``: the same model with TransformerLens's own weight layout, when ``model`` was
+    laid out at load; otherwise ``model`` is laid out for the call and must be restored."""
     old_tokens, old_states = generations(
-        model, monkeypatch, prompts, *items, fast=False, **settings
+        stored or model, monkeypatch, prompts, *items, fast=False, **settings
     )
     new_tokens, new_states = generations(model, monkeypatch, prompts, *items, fast=True, **settings)
     assert new_tokens == old_tokens
     assert len(new_states) == len(old_states)
     for old, new in zip(old_states, new_states):
         torch.testing.assert_close(new, old, atol=1e-5, rtol=0)
-    assert all(p.is_contiguous() for p in model.parameters())  # the layout was undone
+    if stored is None:
+        assert all(p.is_contiguous() for p in model.parameters())  # the layout was undone
 
 
 @pytest.mark.parametrize("positions", ["all", "new"])
@@ -237,7 +241,11 @@ def test_generation_with_laid_out_weights_equals_the_old_path(tiny, monkeypatch,
 def test_steered_generation_equals_the_old_path_on_the_embedded_model(embedded, monkeypatch):
     icv = extract_icv(embedded, tasks.load_pairs("negative_positive")[:4])
     prompts = ["Tell me about the hotel we stayed in:", "Describe the new phone in a few words:"]
-    check_same_generation(embedded, monkeypatch, prompts, ICVSteering(icv, 0.08),
+    assert not all(p.is_contiguous() for p in embedded.parameters())  # laid out at load
+    stored = copy.deepcopy(embedded)
+    for parameter in stored.parameters():
+        parameter.data = parameter.data.contiguous()
+    check_same_generation(embedded, monkeypatch, prompts, ICVSteering(icv, 0.08), stored=stored,
                           max_new_tokens=6, stop_at_eos=False)  # fmt: skip
 
 

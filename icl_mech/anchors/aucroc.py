@@ -63,7 +63,8 @@ class QueryAttention(Probe):
         ]
 
     def _keep(self, layer: int, targets: Tensor, pattern: Tensor, hook) -> None:
-        at_target = pattern[torch.arange(pattern.shape[0]), :, targets.to(pattern.device)]
+        rows = torch.arange(pattern.shape[0], device=pattern.device)
+        at_target = pattern[rows, :, targets.to(pattern.device)]
         self.rows[layer] = at_target.sum(1).detach()
 
     def stacked(self) -> Float[Tensor, "batch layer key"]:

@@ -141,7 +141,7 @@ class ContextCache:
 
         def gather(t: Tensor) -> Tensor:
             at = index.view(*index.shape, *[1] * (t.ndim - 2)).expand(-1, -1, *t.shape[2:])
-            return t.gather(1, at)
+            return t.gather(1, at.to(t.device))
 
         return ContextCache(
             [gather(k) for k in self.keys],
@@ -306,9 +306,11 @@ def answer(model, cache: ContextCache, queries: Tokens, *items, every_position=F
     _check_window(model, cache, queries)
     if is_bridge(model):  # positions as position_ids: the cached keys already hold theirs
         true = cache.length[:, None] + (mask.cumsum(1) - 1).clamp(min=0)
+        # the bridge hands its inputs to the Hugging Face model as they are: put them on its device
+        tokens, mask, true = (t.to(model.cfg.device) for t in (queries.tokens, mask, true))
         last = {} if every_position else keep_last(model)
         with attach(model, *items):
-            out = past.forward(model, queries.tokens, mask, position_ids=true, **last)
+            out = past.forward(model, tokens, mask, position_ids=true, **last)
         return out if every_position else out[:, -1]
     end = None if every_position else model.cfg.n_layers  # else: unembed the last token only
     with attach(model, ContinuePositions(cache.length, cache.length - cache.kept, mask), *items):

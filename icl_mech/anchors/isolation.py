@@ -51,7 +51,7 @@ def _check_k(model, k: int) -> int:
 def isolation_mask(rows: Bool[Tensor, "batch seq"]) -> Bool[Tensor, "batch 1 seq seq"]:
     """(query, key) pairs to forbid: an isolated query row and any strictly earlier key."""
     seq = rows.shape[1]
-    earlier = torch.ones(seq, seq, dtype=torch.bool).tril(-1)
+    earlier = torch.ones(seq, seq, dtype=torch.bool, device=rows.device).tril(-1)
     return (rows[:, :, None] & earlier)[:, None]
 
 

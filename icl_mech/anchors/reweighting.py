@@ -77,7 +77,8 @@ class AnchorReweighting(Intervention):
 
         def reweight(pattern: Float[Tensor, "batch head q key"], hook) -> Tensor:
             cols = self._fit(columns, pattern, hook.name)
-            factor = self.beta[int(hook.name.split(".")[1])].exp().to(pattern.dtype)
+            factor = self.beta[int(hook.name.split(".")[1])].exp()
+            factor = factor.to(pattern.device, pattern.dtype)
             per_key = factor[:, cols.clamp(min=0)].permute(1, 0, 2)  # [batch, head, key]
             per_key = torch.where(cols[:, None, :] >= 0, per_key, torch.ones_like(per_key))
             last = pattern[:, :, -1:, :] * per_key[:, :, None, :]
@@ -107,8 +108,9 @@ class AnchorReweighting(Intervention):
                 f"anchor columns of shape {tuple(columns.shape)} do not fit the pattern at "
                 f"{point!r} with [batch, key] = [{n_batch}, {n_key}]"
             )
-        pad = torch.full((columns.shape[0], n_key - columns.shape[1]), -1, dtype=columns.dtype)
-        return torch.cat([columns, pad], 1).expand(n_batch, -1).to(pattern.device)
+        columns = columns.to(pattern.device)
+        pad = columns.new_full((columns.shape[0], n_key - columns.shape[1]), -1)
+        return torch.cat([columns, pad], 1).expand(n_batch, -1)
 
 
 @dataclass
@@ -193,13 +195,14 @@ def train_beta(
     prompts = [ICLPrompt.build(task, list(demonstrations), a) for a in auxiliary]
     cache, queries, batch = encode_shared(model, prompts)
     ids, gold = batch.class_token_ids, batch.gold
-    beta = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, len(ids), requires_grad=True)
+    shape = (model.cfg.n_layers, model.cfg.n_heads, len(ids))
+    beta = torch.zeros(shape, device=model.cfg.device, requires_grad=True)
     optimizer = torch.optim.Adam([beta], lr=lr)
     reweight = AnchorReweighting(beta, anchors, anchor_columns(cache, anchors))  # sees Adam's steps
 
     def loss_of(index: Tensor) -> Tensor:
         logits = answer(model, cache, queries.take(index), reweight)
-        return F.cross_entropy(logits[:, ids], gold[index])
+        return label_word_loss(logits, ids, gold[index])
 
     everything = torch.arange(len(gold))
     with torch.no_grad():
@@ -228,4 +231,13 @@ def auxiliary_loss(model, trained: TrainedBeta | None, task: Task, demonstration
     items = [] if trained is None else [trained.intervention(cache)]
     with torch.no_grad():
         logits = answer(model, cache, queries, *items)
-    return float(F.cross_entropy(logits[:, batch.class_token_ids], batch.gold))
+    return float(label_word_loss(logits, batch.class_token_ids, batch.gold))
+
+
+def label_word_loss(
+    logits: Float[Tensor, "batch vocab"], class_token_ids: Tensor, gold: Int[Tensor, " batch"]
+) -> Float[Tensor, ""]:
+    """Mean cross-entropy over the label words' logits against the gold classes, on the logits'
+    device (the batch's tensors stay on the CPU)."""
+    ids, gold = class_token_ids.to(logits.device), gold.to(logits.device)
+    return F.cross_entropy(logits[:, ids], gold)

@@ -122,7 +122,8 @@ class CaptureHeads(Probe):
             def read(z, hook):  # z: [batch, pos, head, d_head]
                 mask = resolve(positions, z.shape[0], z.shape[1], batch, "CaptureHeads positions")
                 self._one_per_row(mask)
-                at = z[torch.arange(z.shape[0]), mask.float().argmax(1).to(z.device)]
+                rows = torch.arange(z.shape[0], device=z.device)
+                at = z[rows, mask.float().argmax(1).to(z.device)]
                 for i in indices:
                     parts[i] = at[:, heads[i][1]].detach().clone()
                 if len(parts) == len(heads):

@@ -173,7 +173,10 @@ class ICVSteering(Intervention):
             mask = None if all_positions else self._mask(hook.name, activation, batch, seen)
             if mask is not None and not bool(mask.any()):
                 return None
-            steered = _steer(activation, units, lam, untouched)
+            # a model split over devices runs its layers on other devices than cfg.device
+            here = activation.device
+            keep = untouched if untouched is False else untouched.to(here)
+            steered = _steer(activation, units.to(here), lam.to(here), keep)
             return steered if mask is None else torch.where(mask, steered, activation)
 
         return steer_mlp_out

@@ -1,12 +1,16 @@
-"""The layer sweep: patch the query's last token at every layer, in one batched pass.
+"""The layer sweep: patch the query's last token at every layer, from one cached prefix.
 
 Patching the last token cannot change the keys and values of the earlier tokens, so the
-query's prefix runs once (filling a TransformerLens key/value cache); the cache is then
-repeated once per layer and the last token alone runs for all ``layers x queries`` rows in a
-single pass, rows of block ``i`` patched at ``layers[i]`` by registry ``Patch``/``AddVector``
-items with row masks. ``naive_sweep_logits`` (one full patched forward per layer) is the
-reference it must equal. On the bridge (no ``start_at_layer``) each group's pass runs the last
-token through every layer against the same cached prefix: the same numbers, less saving.
+query's prefix runs once (filling a TransformerLens key/value cache). The patched last tokens
+then climb a staircase: the rows patched after block ``l`` enter the batch there, with the
+patched residual as their input (``θ``, or the unpatched residual plus ``scale·θ``), and every
+block runs once over the rows that have entered, against the prefix cache repeated to their
+number. Each row runs only the blocks above its layer: the least compute of an exact sweep
+(see ``benchmarks/task_vectors.py``). ``naive_sweep_logits`` (one full patched forward per
+layer, through registry items) is the reference it must equal. On the bridge (no
+``start_at_layer``) each group's pass runs the last token through every layer against the same
+cached prefix, with registry row-masked ``Patch``/``AddVector`` items: the same numbers, less
+saving.
 """
 
 from __future__ import annotations
@@ -44,27 +48,21 @@ def sweep_logits(
 ) -> Float[Tensor, "layer batch vocab"]:
     """Last-token logits with ``vectors[:, i]`` patched in at ``layers[i]``, for every i.
 
-    ``groups=1``: every patched row runs the whole stack in one pass. ``groups=g`` splits the
-    layers into g consecutive groups, each a pass that starts at its first layer from the
-    unpatched last-token residual (layers below a patch cannot see it), saving compute.
+    ``groups=g`` splits the layers into g consecutive groups, one staircase each: the same
+    numbers and compute, at most ``len(layers) / g`` patched copies of the batch in memory.
     """
     layers, rows = _validate(model, batch, vectors, mode, layers)
     if not 1 <= groups <= len(layers):
         raise IclMechError(f"groups must be between 1 and {len(layers)} layers, got {groups}")
     chunks = [c.tolist() for c in torch.arange(len(layers)).tensor_split(groups)]
-    starts = [layers[chunk[0]] for chunk in chunks]
     with torch.no_grad():
         if is_bridge(model):
             return _bridge_sweep(model, batch, rows, layers, chunks, mode, scale)
         cache = prefix_cache(model, batch)
         cache.freeze()
-        entry = _start_states(model, batch, cache, starts)
-        out = [
-            _group_logits(
-                model, cache, entry[start], rows[:, chunk], [layers[i] for i in chunk], mode, scale
-            )
-            for start, chunk in zip(starts, chunks)
-        ]
+        entering = _entering_rows(model, batch, cache, rows, layers, mode, scale)
+        out = [_staircase(model, cache, [entering[i] for i in chunk], [layers[i] for i in chunk])
+               for chunk in chunks]  # fmt: skip
     return torch.cat(out)
 
 
@@ -149,53 +147,60 @@ def prefix_cache(model, batch: PromptBatch) -> TransformerLensKeyValueCache:
     return cache
 
 
-def _start_states(model, batch, cache, starts: list[int]) -> dict[int, Tensor]:
-    """The unpatched last token's residual entering each group's first layer."""
-    names = points(model, "hook_resid_pre", sorted(set(starts)))
+def _entering_rows(model, batch, cache, rows, layers, mode, scale) -> list[Tensor]:
+    """Per layer, the ``[batch, 1, d_model]`` residual its patched rows carry out of the block:
+    ``θ``, or (``"add"``) the unpatched last token's residual there plus ``scale·θ``."""
+    if mode == "replace":
+        return [rows[:, i, None] for i in range(len(layers))]
+    names = points(model, SUFFIX, layers)
     capture = Capture(names, positions="last")
     last = batch.tokens[:, -1:]
     with attach(model, capture):
-        model(
-            last,
-            attention_mask=torch.ones_like(last),
-            past_kv_cache=cache,
-            stop_at_layer=max(starts) + 1,
-        )
-    return {layer: capture.activations[name] for layer, name in zip(sorted(set(starts)), names)}
-
-
-def _group_logits(model, cache, entry, rows, layers, mode, scale) -> Tensor:
-    """One pass from ``layers[0]`` over ``len(layers) x batch`` rows, block i patched at i."""
-    n_layers, size = len(layers), rows.shape[0]
-    repeated = repeat_cache(cache, n_layers)
-    mask = torch.cat([repeated.previous_attention_mask, torch.ones(n_layers * size, 1)], dim=1)
-    residual = einops.repeat(entry, "batch d_model -> (layer batch) 1 d_model", layer=n_layers)
-    values = einops.rearrange(rows, "batch layer d_model -> (layer batch) d_model")
-    items = [
-        _layer_item(name, values, _block_mask(i, n_layers, size), mode, scale)
-        for i, name in enumerate(points(model, SUFFIX, layers))
+        model(last, attention_mask=torch.ones_like(last), past_kv_cache=cache,
+              stop_at_layer=layers[-1] + 1)  # fmt: skip
+    return [
+        (capture.activations[name] + scale * rows[:, i])[:, None] for i, name in enumerate(names)
     ]
-    with attach(model, *items):
-        logits = model(
-            residual,
-            start_at_layer=layers[0],
-            attention_mask=mask.to(repeated.previous_attention_mask.dtype),
-            past_kv_cache=repeated,
-        )
-    return einops.rearrange(
-        logits[:, -1], "(layer batch) vocab -> layer batch vocab", layer=n_layers
-    )
+
+
+def _staircase(model, cache, entering: list[Tensor], layers: list[int]) -> Tensor:
+    """Logits ``[len(layers), batch, vocab]``: block j runs once over the rows of every layer
+    below j (layer-major), against its prefix cache entry repeated to their number."""
+    size, n_layers = entering[0].shape[0], model.cfg.n_layers
+    residual, steps = entering[0], 1
+    previous = cache.previous_attention_mask
+    for block in range(layers[0] + 1, n_layers + 1):
+        copies = residual.shape[0] // size
+        mask = repeat_rows(torch.cat([previous, torch.ones_like(previous[:, :1])], 1), copies)
+        if block < n_layers:
+            entry = cache.entries[block]
+            entries = list(cache.entries)
+            entries[block] = TransformerLensKeyValueCacheEntry(
+                repeat_rows(entry.past_keys, copies), repeat_rows(entry.past_values, copies), True
+            )
+            step = TransformerLensKeyValueCache(entries, repeat_rows(previous, copies), True)
+            residual = model(residual, start_at_layer=block, stop_at_layer=block + 1,
+                             attention_mask=mask, past_kv_cache=step)  # fmt: skip
+        else:
+            logits = model(residual, start_at_layer=n_layers, attention_mask=mask)
+        if steps < len(layers) and layers[steps] == block:
+            residual, steps = torch.cat([residual, entering[steps]]), steps + 1
+    return einops.rearrange(logits[:, -1], "(layer batch) vocab -> layer batch vocab", batch=size)
+
+
+def repeat_rows(tensor: Tensor, times: int) -> Tensor:
+    """``times`` copies of the batch, copy-major: row ``c * batch + b`` is row ``b``."""
+    return einops.repeat(tensor, "batch ... -> (copies batch) ...", copies=times)
 
 
 def repeat_cache(cache: TransformerLensKeyValueCache, times: int) -> TransformerLensKeyValueCache:
-    def tile(tensor: Tensor) -> Tensor:
-        return einops.repeat(tensor, "batch ... -> (layer batch) ...", layer=times)
-
     entries = [
-        TransformerLensKeyValueCacheEntry(tile(e.past_keys), tile(e.past_values))
+        TransformerLensKeyValueCacheEntry(
+            repeat_rows(e.past_keys, times), repeat_rows(e.past_values, times)
+        )
         for e in cache.entries
     ]
-    return TransformerLensKeyValueCache(entries, tile(cache.previous_attention_mask))
+    return TransformerLensKeyValueCache(entries, repeat_rows(cache.previous_attention_mask, times))
 
 
 def _block_mask(index: int, n_layers: int, size: int) -> Tensor:

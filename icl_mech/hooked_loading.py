@@ -1,0 +1,96 @@
+"""Building a ``HookedTransformer`` (TransformerLens 3.x): of a local Hugging Face folder, or of
+a TransformerLens official name, without weight processing, laid out for ``F.linear``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from icl_mech import backends
+from icl_mech.errors import IclMechError
+from icl_mech.layout import lay_out
+
+if TYPE_CHECKING:  # TransformerLens 4 has no HookedTransformer: imported where it is used
+    from transformer_lens import HookedTransformer
+
+MAX_CTX = 2048  # TransformerLens allocates an n_ctx x n_ctx mask per layer
+_NO_PROCESSING = dict(
+    fold_ln=False,
+    center_writing_weights=False,
+    center_unembed=False,
+    fold_value_biases=False,
+    refactor_factored_attn_matrices=False,
+)
+
+
+def check_n_ctx(n_ctx: int, maximum: int, name: str) -> None:
+    if n_ctx > maximum:
+        raise IclMechError(
+            f"load_model: n_ctx={n_ctx} exceeds the context of {name} ({maximum} tokens); "
+            f"give n_ctx <= {maximum}"
+        )
+
+
+def hooked_from_folder(
+    folder: Path, name: str, how: dict, tokenizer, official: str | None
+) -> HookedTransformer:
+    """``official``: the TransformerLens name whose config describes the folder (for
+    architectures whose local config TransformerLens 3.x refuses, such as Gemma 3)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import (
+        convert_hf_model_config,
+        get_pretrained_state_dict,
+    )
+    from transformers import AutoModelForCausalLM
+
+    try:
+        config = convert_hf_model_config(official or str(folder))
+    except NotImplementedError as error:
+        raise IclMechError(
+            f"load_model({name!r}): TransformerLens {backends.TL_VERSION} cannot build a "
+            f"HookedTransformer config from the local folder ({error}); try backend='bridge'"
+        ) from None
+    n_ctx = how["n_ctx"]
+    if n_ctx is not None:
+        check_n_ctx(n_ctx, config["n_ctx"], name)
+    config["n_ctx"] = n_ctx or min(config["n_ctx"], MAX_CTX)
+    config.update(
+        model_name=name, device=how["device"], dtype=how["dtype"], n_devices=how["n_devices"]
+    )
+    cfg = HookedTransformerConfig(**config)
+    hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=how["dtype"])
+    state_dict = get_pretrained_state_dict(official or str(folder), cfg, hf_model=hf_model)
+    del hf_model
+    model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="left")
+    model.load_and_process_state_dict(state_dict, **_NO_PROCESSING)
+    return _placed(model, how)
+
+
+def hooked_from_name(name: str, how: dict) -> HookedTransformer:
+    from transformer_lens import HookedTransformer
+
+    if how["n_ctx"] is not None:
+        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+        check_n_ctx(how["n_ctx"], get_pretrained_model_config(name).n_ctx, name)
+    model = HookedTransformer.from_pretrained_no_processing(
+        name,
+        device=how["device"],
+        dtype=how["dtype"],
+        n_devices=how["n_devices"],
+        default_padding_side="left",
+        n_ctx=how["n_ctx"],
+        move_to_device=False,
+    )
+    return _placed(model, how)
+
+
+def _placed(model: HookedTransformer, how: dict) -> HookedTransformer:
+    """On its device (or split over ``n_devices`` by TransformerLens), then laid out."""
+    if how["n_devices"] > 1:
+        model.move_model_modules_to_device()
+    else:
+        model.to(how["device"], print_details=False)
+    if how["linear_layout"]:
+        lay_out(model)
+    return model.eval()
