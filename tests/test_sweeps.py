@@ -246,6 +246,10 @@ BAD_GRIDS = [
     (dict(models=["no-such-model-xyz"]), ["no-such-model-xyz", "tiny-gpt2"]),
     (dict(settings={"seed": 3}), ["seeds"]),
     (dict(colour="blue"), ["colour", "method"]),
+    (dict(load={"dtype": "float8"}), ["dtype='float8'", "bfloat16"]),
+    (dict(load={"device": "gpu0"}), ["device='gpu0'", "cuda"]),
+    (dict(load={"n_devices": 2}), ["n_devices=2", "device = 'cuda'"]),
+    (dict(load={"precision": 16}), ["precision", "dtype"]),
 ]
 
 
@@ -253,12 +257,36 @@ BAD_GRIDS = [
 def test_a_bad_grid_fails_before_any_work(change, fragments, tmp_path, monkeypatch):
     from icl_mech.sweeps import cells
 
-    monkeypatch.setattr(cells, "model_for", lambda name: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(cells, "model_for", lambda *args: pytest.fail("a model was loaded"))
     with pytest.raises(IclMechError) as caught:
         Sweep({**TINY_TASK_VECTORS, **change}, tmp_path / "store")
     for fragment in fragments:
         assert fragment in str(caught.value)
     assert not (tmp_path / "store").exists()
+
+
+def model_dtype(model, settings: ProbeSettings) -> dict:
+    return {"dtype": str(model.cfg.dtype), "w": model.W_U[0, 0].item()}
+
+
+def test_a_load_table_loads_each_cells_model_so_and_keys_the_cell(tmp_path):
+    from icl_mech.sweeps.placement import gpus_per_cell
+
+    methods = {"dtype": Method(ProbeSettings, model_dtype, "tasks")}
+    grid = {"method": "dtype", "models": ["tiny-llama"], "tasks": ["a"]}
+    frames = []
+    for load in ({}, {"dtype": "float64"}, {"dtype": "bfloat16", "device": "cpu"}):
+        sweep = Sweep({**grid, "load": load}, tmp_path / "store", methods=methods, progress=False)
+        assert len(sweep.run().computed) == 1  # another load is another cell
+        frames.append(sweep.results())
+    frame = pd.concat(frames, ignore_index=True)
+    assert list(frame["dtype"]) == ["torch.float32", "torch.float64", "torch.bfloat16"]
+    assert frame["cell"].is_unique
+    assert frame["w"][1] == frame["w"][0] != frame["w"][2]  # the same weights, cast
+    assert list(frame["model_load"])[1:] == ['{"dtype":"float64"}',
+                                             '{"device":"cpu","dtype":"bfloat16"}']  # fmt: skip
+    assert [gpus_per_cell(c.load) for c in Grid.load({**grid, "load": {"device": "cuda",
+            "n_devices": 2}}, methods=methods).cells] == [2]  # fmt: skip
 
 
 def test_icl_gd_refuses_a_tasks_axis():

@@ -20,34 +20,32 @@ import pandas as pd
 
 from icl_mech.errors import IclMechError
 from icl_mech.sweeps.grid import EMBEDDED, TINY_MODELS, Cell
+from icl_mech.sweeps.placement import Load, load_named
 from icl_mech.sweeps.store import Store
 
 CONFIG_COLUMNS = ("method", "model", "task", "seed")
 PROVENANCE_COLUMNS = (
-    "model_name", "model_arch", "model_seed", "model_path", "settings", "table", "icl_mech",
+    "model_name", "model_arch", "model_seed", "model_path", "model_load", "settings", "table",
+    "icl_mech",
     "cell",
 )  # fmt: skip
 TIMING_COLUMNS = ("cell_seconds",)
 MODELS_KEPT = 1  # per process: a second model would double the memory of a big-model sweep
 
-_models: OrderedDict[str, object] = OrderedDict()
+_models: OrderedDict[tuple[str, Load], object] = OrderedDict()
 _models_lock = threading.Lock()
 
 
-def model_for(name: str):
+def model_for(name: str, load: Load = ()):
     """The model named by a grid (loaded once per process while cells keep asking for it)."""
+    key = (name, load)
     with _models_lock:
-        if name not in _models:
-            from icl_mech.models import load_model, tiny_model
-
+        if key not in _models:
             while len(_models) >= MODELS_KEPT:
                 _models.popitem(last=False)
-            if name in TINY_MODELS:
-                _models[name] = tiny_model(TINY_MODELS[name])
-            else:
-                _models[name] = load_model(None if name == EMBEDDED else name)
-        _models.move_to_end(name)
-        return _models[name]
+            _models[key] = load_named(name, load, TINY_MODELS, EMBEDDED)
+        _models.move_to_end(key)
+        return _models[key]
 
 
 def compute(cell: Cell) -> pd.DataFrame:
@@ -55,7 +53,7 @@ def compute(cell: Cell) -> pd.DataFrame:
     Seeded from the cell alone, without changing the caller's random state."""
     import torch
 
-    model = model_for(cell.model) if cell.spec.needs_model else None
+    model = model_for(cell.model, cell.load) if cell.spec.needs_model else None
     python_state, numpy_state = random.getstate(), np.random.get_state()
     start = time.perf_counter()
     try:

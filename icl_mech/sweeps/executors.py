@@ -15,6 +15,7 @@ from tqdm import tqdm
 from icl_mech.errors import IclMechError
 from icl_mech.sweeps.cells import Outcome, run_cell
 from icl_mech.sweeps.grid import Cell
+from icl_mech.sweeps.placement import gpus_per_cell
 from icl_mech.sweeps.store import Store
 
 EXECUTORS = ("local", "ray")
@@ -83,7 +84,8 @@ def run_ray(
     if started:
         ray.init(address=address, num_cpus=workers, include_dashboard=False)
     try:
-        task = ray.remote(num_cpus=1, max_retries=max(0, attempts - 1))(_ray_cell)
+        gpus = gpus_per_cell(cells[0].load) if cells else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=max(0, attempts - 1))(_ray_cell)
         with tqdm(
             total=len(cells), desc="sweep (ray)", unit="cell", disable=not (progress and cells)
         ) as bar:

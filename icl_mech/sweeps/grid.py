@@ -8,6 +8,7 @@ A grid is a TOML file or a dict::
     tasks = ["country_capital", "antonym"]
     seeds = [0, 1, 2]                # optional, default [0]
     quick = false                    # start from the quick settings (default: full)
+    load = {device = "cuda", dtype = "bfloat16"}   # optional: load_model's options
     table = "headline"               # one row per cell; or the name of a report table
     [settings]                       # parsed like `icl-mech reproduce --set key=value`
     n_dev = 8
@@ -35,10 +36,11 @@ from typing import Any
 from icl_mech.errors import IclMechError
 from icl_mech.settings import Settings
 from icl_mech.sweeps.methods import Method, builtin_method
+from icl_mech.sweeps.placement import Load, check_load
 
 TINY_MODELS = {"tiny-gpt2": "gpt2", "tiny-llama": "llama"}
 EMBEDDED = "embedded"
-GRID_KEYS = ("method", "models", "tasks", "seeds", "quick", "table", "settings")
+GRID_KEYS = ("method", "models", "tasks", "seeds", "quick", "table", "load", "settings")
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,11 @@ class Cell:
     settings: Settings
     table: str
     spec: Method = field(compare=False, repr=False)
+    load: Load = ()  # load_model's options, e.g. (("dtype", "bfloat16"),)
 
     def config(self) -> dict[str, Any]:
         """What the result depends on (the resolved settings, not just the overrides)."""
-        return {
+        config = {
             "method": self.method,
             "model": self.model,
             "task": self.task,
@@ -63,6 +66,7 @@ class Cell:
             "table": self.table,
             "settings": self.settings.as_dict(),
         }
+        return config | ({"load": dict(self.load)} if self.load else {})
 
     @functools.cached_property
     def key(self) -> str:
@@ -74,7 +78,13 @@ class Cell:
         folder = None
         if self.model not in (None, EMBEDDED) and arch is None and Path(self.model).is_dir():
             folder = str(Path(self.model).expanduser().resolve())
-        return {"model_arch": arch, "model_seed": 0 if arch else None, "model_path": folder}
+        load = canonical_json(dict(self.load)) if self.load else None
+        return {
+            "model_arch": arch,
+            "model_seed": 0 if arch else None,
+            "model_path": folder,
+            "model_load": load,
+        }
 
 
 def canonical_json(value) -> str:
@@ -98,6 +108,7 @@ class Grid:
     table: str
     cells: tuple[Cell, ...]
     source: str = "grid"
+    load_options: Load = ()  # the [load] table, in every cell
 
     @classmethod
     def load(cls, grid, methods: Mapping[str, Method] | None = None) -> Grid:
@@ -165,6 +176,9 @@ class Grid:
         models = _models(spec, method, name, source)
         tasks = _tasks(spec, method, name, source)
         seeds = _seeds(spec, source)
+        load = check_load(spec.get("load", {}), source) if method.needs_model else ()
+        if "load" in spec and not method.needs_model:
+            raise IclMechError(f"{source}: {name} loads no model; remove the load table")
         base = method.settings_class.quick if quick else method.settings_class.full
         cells = []
         for model in models:
@@ -177,8 +191,8 @@ class Grid:
                         settings = base(**values)
                     except IclMechError as error:
                         raise IclMechError(f"{source} (task={task!r}): {error}") from None
-                    cells.append(Cell(name, model, task, seed, settings, table, method))
-        return cls(name, models, tasks, seeds, overrides, quick, table, tuple(cells), source)
+                    cells.append(Cell(name, model, task, seed, settings, table, method, load))
+        return cls(name, models, tasks, seeds, overrides, quick, table, tuple(cells), source, load)
 
 
 def _axis(spec: Mapping, key: str, source: str, default=None) -> list:
