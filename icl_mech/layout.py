@@ -16,8 +16,10 @@ weight itself: ``F.linear`` receives the same contiguous matrix as before, and e
 unchanged, bit for bit. On exit the original layout is back (an in-place change of a parameter
 made meanwhile is kept; one made through ``.data`` is kept only with ``in_place=True``).
 Entering costs one copy of those weights (leaving another with ``in_place=True``), so it pays
-for a block that runs more than one forward, or a forward and a backward. Other models (the
-bridge's Hugging Face modules, which keep ``nn.Linear`` weights) are left as they are.
+for a block that runs more than one forward, or a forward and a backward. ``load_model`` lays
+the weights out for good at load time (``lay_out``; ``linear_layout=False`` keeps
+TransformerLens's order), so for its models the block is free. Other models (the bridge's
+Hugging Face modules, which keep ``nn.Linear`` weights) are left as they are.
 """
 
 from __future__ import annotations
@@ -106,8 +108,8 @@ def linear_layout(model, *, in_place: bool = False) -> Iterator:
 
 
 def lay_out(model):
-    """Lay the weights out for ``F.linear`` for good (in place, the same values): what a model
-    loader can do once, so that no forward copies them and ``linear_layout`` costs nothing.
+    """Lay the weights out for ``F.linear`` for good (in place, the same values), as
+    ``load_model`` does: no forward copies them and ``linear_layout`` costs nothing.
     Returns the model. (``safetensors`` refuses to save the non-contiguous tensors this leaves;
     ``.contiguous()`` them first.)"""
     _relayout(model, True, [])

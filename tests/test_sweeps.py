@@ -289,6 +289,19 @@ def test_a_load_table_loads_each_cells_model_so_and_keys_the_cell(tmp_path):
             "n_devices": 2}}, methods=methods).cells] == [2]  # fmt: skip
 
 
+def test_the_example_grids_are_valid_without_loading_anything(monkeypatch):
+    from icl_mech.sweeps import cells
+    from icl_mech.sweeps.placement import gpus_per_cell
+
+    monkeypatch.setattr(cells, "model_for", lambda *args: pytest.fail("a model was loaded"))
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    embedded = Grid.load(examples / "task_vectors_grid.toml")
+    paper = Grid.load(examples / "task_vectors_paper_grid.toml")  # no GPU needed to check it
+    assert (len(embedded.cells), len(paper.cells)) == (72, 126)
+    assert {gpus_per_cell(c.load) for c in paper.cells} == {1}
+    assert {gpus_per_cell(c.load) for c in embedded.cells} == {0}
+
+
 def test_icl_gd_refuses_a_tasks_axis():
     with pytest.raises(IclMechError, match="icl-gd has no task setting"):
         Grid.load({"method": "icl-gd", "tasks": ["sentiment"]})
