@@ -523,10 +523,7 @@ def report(part: str, ctx: Context, rounds: int, memory: bool) -> list[tuple]:
             print(f"  {name}: DIFFERS from the toolkit (max |diff| {diff:.2e}); not timed")
     runs = {name: fn for name, fn in runs.items() if checked[name]}
     times = interleaved(runs, rounds * ROUNDS_PER_PART[part], needs_grad)
-    peaks = {
-        name: peak_memory(part, name) if memory and part != "e" else None
-        for name in runs
-    }
+    peaks = {name: peak_memory(part, name) if memory and part != "e" else None for name in runs}
     header = f"  {'implementation':<72} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} {'|diff|':>8}"
     print(header)
     for name in runs:
