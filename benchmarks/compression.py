@@ -16,8 +16,10 @@ import random
 
 from icl_mech import load_model, tasks
 from icl_mech.anchors.compression_experiment import time_per_query
+from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.models import torch_threads
-from icl_mech.prompts import Demonstration, ICLPrompt, PromptBatch
+from icl_mech.prompt_batch import PromptBatch
+from icl_mech.prompts import Demonstration
 
 # paper task -> (bundled task, L_demo, L_x, paper speed-up on GPT2-XL)
 PAPER = {

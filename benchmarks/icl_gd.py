@@ -12,7 +12,7 @@ import time
 import pandas as pd
 
 from icl_mech.gd.experiments import kernelised_experiment, linear_experiment
-from icl_mech.gd.reproduce import Settings
+from icl_mech.gd.settings import Settings
 from icl_mech.models import torch_threads
 
 LOSS_TOLERANCE = 0.01

@@ -14,7 +14,8 @@ import time
 import torch
 
 from icl_mech import load_model, tasks
-from icl_mech.icv import ICVSteering, extract_icv, generate, last_token_states
+from icl_mech.activations import last_token_states
+from icl_mech.icv import ICVSteering, extract_icv, generate
 from icl_mech.models import torch_threads
 
 ROUNDS = 5

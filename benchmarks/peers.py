@@ -108,9 +108,10 @@ load_toolkit_model.cached = None
 def context(parts: str, peers: bool = True, nn: bool = True) -> Context:
     from icl_mech import PromptBatch, tasks
     from icl_mech.anchors.experiment import task_prompts
-    from icl_mech.batching import encode_text, pad_tokens
+    from icl_mech.batching import encode_text
+    from icl_mech.icl_prompt import ICLPrompt
     from icl_mech.icv import extract_icv
-    from icl_mech.prompts import ICLPrompt
+    from icl_mech.padding import pad_tokens
     from icl_mech.task_vectors import extract, sample_sets
 
     model = load_toolkit_model()

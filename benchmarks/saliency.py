@@ -28,7 +28,7 @@ import torch
 from icl_mech import load_model
 from icl_mech.anchors import saliency, target_logits
 from icl_mech.anchors.experiment import task_prompts
-from icl_mech.prompts import PromptBatch
+from icl_mech.prompt_batch import PromptBatch
 from icl_mech.tasks import load
 
 

@@ -1,7 +1,7 @@
 """icl_mech: mechanistic interpretability of in-context learning on TransformerLens hooks.
 
-Every catalogued kind (``kinds()``, ``make()``) is available from this package alone: the
-method packages are imported on first use of the catalogue.
+The top of the package: it imports :mod:`icl_mech.catalogue`, so every built-in kind
+(``kinds()``, ``make()``) and every notebook card is registered once ``icl_mech`` is imported.
 """
 
 import warnings
@@ -11,28 +11,19 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 
+from icl_mech.catalogue import kinds, make
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import (
-    Ablate,
-    AddVector,
-    Capture,
-    HookSpec,
-    Intervention,
-    Patch,
-    Probe,
-    attach,
-    kinds,
-    make,
-    register,
-    run,
-)
+from icl_mech.hooks import HookSpec, Intervention, Probe, attach, register, run
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.interventions import Ablate, AddVector, Capture, Patch
 from icl_mech.models import load_model, tiny_model
-from icl_mech.prompts import Demonstration, ICLPrompt, PromptBatch, Task
+from icl_mech.prompt_batch import PromptBatch
+from icl_mech.prompts import Demonstration, Task
 from icl_mech.validate import IclMechWarning
-
-__version__ = "0.1.0"
+from icl_mech.version import __version__
 
 __all__ = [
+    "__version__",
     "Ablate",
     "AddVector",
     "Capture",

@@ -5,6 +5,7 @@ in left-padded batches (``icl_mech.batching``), records each point at one positi
 (default: the last token), and returns them in input order as ``[n_inputs, n_points, ...]``.
 No gradients; the forward stops after the deepest block needed. Padding changes no number, so
 ``batch_size`` and ``sort`` change the grouping, not the result (up to float rounding).
+``last_token_states`` is the residual stream at the last token, the reader every vector uses.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_mech import validate
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import Capture, attach, check_point
-from icl_mech.prompts import ICLPrompt, PromptBatch
+from icl_mech.hook_points import check_point
+from icl_mech.hooks import attach
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.interventions import Capture
+from icl_mech.prompt_batch import PromptBatch
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
@@ -69,6 +74,25 @@ def read_activations(
             )
         out[torch.tensor(index)] = stacked
     return out
+
+
+def last_token_states(
+    model,
+    inputs: Sequence[ICLPrompt] | Sequence[str],
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    progress: bool | str = False,
+    sort: bool = False,
+) -> Float[Tensor, "n_inputs layer d_model"]:
+    """The residual stream (``blocks.{l}.hook_resid_post``) at each input's last token, for the
+    given layers (default: all), in input order. ``sort`` groups inputs of similar length (less
+    padding; the same numbers up to float rounding)."""
+    layers = validate.layers(model, layers, "last_token_states layers")
+    validate.count(batch_size, "last_token_states batch_size")
+    if len(inputs) == 0:
+        raise IclMechError("last_token_states: no inputs given")
+    names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+    return read_activations(model, inputs, names, "last", batch_size, progress, sort=sort)
 
 
 def stop_layer(points: Sequence[str]) -> int | None:

@@ -10,7 +10,7 @@ backend is ``"hooked"`` on 3.x and ``"bridge"`` on 4.x. What differs lives here,
   resolves filters to names and hands every function the name it was attached under, so
   ``Capture`` and every item see the same names on both backends;
 - ``start_at_layer``: the bridge of TransformerLens 3.9 refuses it (its forward is the Hugging
-  Face model's own). ``resume`` gives the same numbers by overwriting
+  Face model's own). ``icl_mech.hooks.resume`` gives the same numbers by overwriting
   ``blocks.{L}.hook_resid_pre`` with the given stream during a full forward (no compute saved);
 - the key/value cache (:mod:`icl_mech.kv_cache`): ``KVCache`` wraps TransformerLens's cache
   (keys before the rotary embedding, rotated at every forward) and, on the bridge, a Hugging
@@ -154,25 +154,6 @@ def finite_padding_rows(model) -> list[tuple[str, Callable]]:
     return [(name, finite) for name in names if name in model.hook_dict]
 
 
-def resume(model, layer: int, residual: Float[Tensor, "batch seq d_model"]):
-    """A hook spec that makes the stream entering ``layer`` equal ``residual``: with a full
-    forward, the bridge's equivalent of ``start_at_layer`` (the same numbers from that layer
-    on; hooks on earlier layers still run)."""
-    from icl_mech.hooks import HookSpec, points
-
-    name = points(model, "hook_resid_pre", [layer])[0]
-
-    def replace(stream, hook):
-        if stream.shape != residual.shape:
-            raise IclMechError(
-                f"resuming at {name!r}: the residual has shape {tuple(residual.shape)}, the "
-                f"stream {tuple(stream.shape)}"
-            )
-        return residual.to(stream.device, stream.dtype)
-
-    return HookSpec(name, replace)
-
-
 # --- forward passes -------------------------------------------------------------------------
 
 
@@ -223,7 +204,6 @@ __all__ = [
     "is_bridge",
     "keep_last",
     "last_logits",
-    "resume",
     "sliding_window",
     "unsupported",
 ]

@@ -1,9 +1,9 @@
 """One padding rule and one batcher for every batched run.
 
-Padding rule: rows are left-padded (every row's last real token sits at the last position)
-with the tokenizer's pad token, else its end-of-sequence token, else 0; the attention mask
-hides the padding, so padding changes no number. ``PromptBatch.from_prompts`` (typed ICL
-prompts) and ``TextBatch`` (plain texts) both pad through ``pad_tokens``.
+Padding rule (:mod:`icl_mech.padding`): rows are left-padded (every row's last real token sits
+at the last position) with the tokenizer's pad token, else its end-of-sequence token, else 0;
+the attention mask hides the padding, so padding changes no number. ``PromptBatch.from_prompts``
+(typed ICL prompts) and ``TextBatch`` (plain texts) both pad through ``pad_tokens``.
 
 Plain texts follow the model's BOS convention: a BOS is prepended iff
 ``model.cfg.default_prepend_bos`` (see :mod:`icl_mech.models`; the embedded SmolLM2 has none).
@@ -17,51 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import torch
 from jaxtyping import Int
 from torch import Tensor
 from tqdm import tqdm
 
 from icl_mech.errors import IclMechError
-
-if TYPE_CHECKING:
-    from icl_mech.prompts import ICLPrompt, PromptBatch
-
-
-def pad_token_id(tokenizer) -> int:
-    """The one pad rule: the pad token, else the end-of-sequence token, else 0."""
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-
-
-def left_pad_rows(rows: Sequence[Sequence[int]], fill: int) -> Int[Tensor, "batch seq"]:
-    """Integer rows right-aligned in a ``[batch, longest]`` tensor, ``fill`` on the left."""
-    longest = max((len(row) for row in rows), default=0)
-    out = torch.full((len(rows), longest), fill, dtype=torch.long)
-    for b, row in enumerate(rows):
-        if len(row):
-            out[b, longest - len(row) :] = torch.as_tensor(list(row), dtype=torch.long)
-    return out
-
-
-def pad_tokens(
-    model, ids: Sequence[Sequence[int]], what: str = "input"
-) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
-    """(tokens, attention mask) of token-id lists, left-padded by the pad rule."""
-    if len(ids) == 0:
-        raise IclMechError(f"nothing to pad: no {what} given")
-    longest = max(len(row) for row in ids)
-    if longest > model.cfg.n_ctx:
-        raise IclMechError(
-            f"{what} of {longest} tokens is longer than the context of "
-            f"{model.cfg.model_name} ({model.cfg.n_ctx} tokens)"
-        )
-    tokens = left_pad_rows(ids, pad_token_id(model.tokenizer))
-    mask = left_pad_rows([[1] * len(row) for row in ids], 0)
-    return tokens, mask
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.padding import pad_token_id, pad_tokens
+from icl_mech.prompt_batch import PromptBatch
 
 
 @dataclass
@@ -134,8 +98,6 @@ def batched(
     """``(indices into items, batch)`` per batch: a ``PromptBatch`` for ICL prompts, a
     ``TextBatch`` for plain texts. ``sort``: group by token length (stable: ties keep input
     order); ``progress``: a tqdm bar (a string labels it)."""
-    from icl_mech.prompts import ICLPrompt, PromptBatch
-
     items = list(items)
     texts = bool(items) and isinstance(items[0], str)
     wanted = str if texts else ICLPrompt

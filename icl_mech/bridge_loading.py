@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from icl_mech.errors import IclMechError
+from icl_mech.tiny_tokenizer import tiny_tokenizer
 
 
 def boot_bridge(
@@ -14,11 +20,6 @@ def boot_bridge(
     ``enable_compatibility_mode(no_processing=True)``: canonical hook names, and activations
     equal to the Hugging Face model's (no weight folding). ``n_devices``: split over that many
     CUDA devices (a Hugging Face ``device_map``)."""
-    import logging
-    import warnings
-
-    from transformer_lens.model_bridge import TransformerBridge
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quiet = logging.getLogger("transformer_lens")
@@ -42,10 +43,6 @@ def tiny_bridge(
     """A randomly initialised small Hugging Face model of the ``tiny_model`` shapes, as a
     ``TransformerBridge`` (the tiny models of TransformerLens 4, which has no HookedTransformer).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    from icl_mech.tiny import tiny_tokenizer
-
     tokenizer = tiny_tokenizer()
     vocab = tokenizer.vocab_size
     torch.manual_seed(seed)

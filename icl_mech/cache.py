@@ -151,7 +151,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
         local = _thread_locks.setdefault(str(folder.resolve()), threading.Lock())
     with local:
         try:
-            import fcntl
+            import fcntl  # optional: POSIX only (Windows has no fcntl)
         except ImportError:  # Windows: threads are serialised, processes rely on the rename
             yield
             return

@@ -9,7 +9,7 @@ and the pictures (``report.html``, self-contained).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,44 +18,90 @@ import numpy as np
 from icl_mech import settings as base
 from icl_mech import stats
 from icl_mech import tasks as bundled
-from icl_mech.icv.evaluate import STYLE_METRICS
+from icl_mech.anchors.experiment import AnalysisSettings, analyse_task
+from icl_mech.anchors.figures import flows_figure, loyalty_figure
+from icl_mech.anchors.reproduce import headline as anchor_headline
+from icl_mech.anchors.reproduce import token_pictures
+from icl_mech.errors import IclMechError, unknown
+from icl_mech.evaluation import icl_accuracy
+from icl_mech.icv.evaluate import evaluate as evaluate_icv
+from icl_mech.icv.figures import sweep_figure
+from icl_mech.icv.reproduce import headline as icv_headline
+from icl_mech.icv.settings import STYLE_METRICS
+from icl_mech.icv.settings import Settings as IcvSettings
+from icl_mech.models import torch_threads
+from icl_mech.plotting import accuracy_figure
+from icl_mech.prompts import Task
+from icl_mech.report import writable_folder
+from icl_mech.show.report_card import report_html
+from icl_mech.task_vectors import plan
+from icl_mech.task_vectors.evaluate import evaluate as evaluate_task_vectors
+from icl_mech.task_vectors.figures import accuracy_bars
+from icl_mech.task_vectors.reproduce import headline as task_vector_headline
+from icl_mech.task_vectors.settings import Settings as TaskVectorSettings
+from icl_mech.vector_files import dumps
 from icl_mech.verdicts import Verdict, judge, table
+from icl_mech.version import __version__
+
+TV_SIZES = {"n_test": "tv_n_test", "n_dev": "tv_n_dev"}  # task-vector sizes the card sets
 
 
 @dataclass(frozen=True)
 class CheckSettings(base.Settings):
-    """ICL: ``icl_queries`` per task, 0-shot vs one demonstration per class. Label words: one
-    task, ``anchor_queries`` prompts. Task vectors: ``tv_dev`` queries choose the layer,
-    ``tv_test`` score it, per task. ICV: ``icv_test`` sources per λ."""
+    """ICL: ``icl_n_test`` per task, 0-shot vs one demonstration per class. Label words: one
+    task, ``anchor_n_test`` prompts. Task vectors: ``tv_n_dev`` queries choose the layer,
+    ``tv_n_test`` score it, per task. ICV: ``icv_n_demonstrations`` pairs make the vector and
+    the ICL prompt, ``icv_n_test`` sources per λ."""
 
     QUICK = dict(
-        icl_queries=12, anchor_queries=6, city_tasks=("city_language_json",),
-        io_tasks=("antonym",), tv_dev=4, tv_test=6, icv_strengths=(0.06,), icv_test=3,
+        icl_n_test=12, anchor_n_test=6, city_tasks=("city_language_json",),
+        io_tasks=("antonym",), tv_n_dev=4, tv_n_test=6, icv_strengths=(0.06,), icv_n_test=3,
         max_new_tokens=8,
     )  # fmt: skip
     threads: int | None = None  # all cores: a check is interactive
-    icl_tasks: tuple[str, ...] = ("sentiment", "topic")
-    icl_queries: int = 48
-    anchor_task: str = "sentiment"
-    anchor_queries: int = 32
-    city_tasks: tuple[str, ...] = ("city_language", "city_continent_json", "city_country_json")
-    io_tasks: tuple[str, ...] = ("antonym", "english_french", "past_tense", "country_capital")
-    tv_dev: int = 12
-    tv_test: int = 20
+    icl_tasks: tuple[str | Task, ...] = ("sentiment", "topic")  # names, task files or Tasks
+    icl_n_test: int = 48
+    anchor_task: str | Task = "sentiment"
+    anchor_n_test: int = 32
+    city_tasks: tuple[str | Task, ...] = ("city_language", "city_continent_json",
+                                          "city_country_json")  # fmt: skip
+    io_tasks: tuple[str | Task, ...] = ("antonym", "english_french", "past_tense",
+                                        "country_capital")  # fmt: skip
+    tv_n_dev: int = 12
+    tv_n_test: int = 20
     icv_pair_set: str = "negative_positive"
     icv_strengths: tuple[float, ...] = (0.04, 0.06)
-    icv_test: int = 12
+    icv_n_demonstrations: int = 16
+    icv_n_test: int = 12
     max_new_tokens: int = 20
 
     def check(self) -> None:
-        classification = bundled.names("classification")
-        base.known(self, "icl_tasks", classification)
-        base.one_of(self, "anchor_task", classification)
-        base.one_of(self, "icv_pair_set", STYLE_METRICS)
-        base.known(self, "city_tasks", bundled.names("city"))
-        base.known(self, "io_tasks", bundled.names("io"))
-        base.positive(self, "icl_queries", "anchor_queries", "tv_dev", "tv_test", "icv_test",
-                      "max_new_tokens")  # fmt: skip
+        where = base.where(self)
+        for name, need in (("icl_tasks", "classification"), ("city_tasks", "io"),
+                           ("io_tasks", "io"), ("anchor_task", "classification")):  # fmt: skip
+            empty_ok = name in ("city_tasks", "io_tasks") and bool(self.city_tasks + self.io_tasks)
+            items = bundled.checked(getattr(self, name), where, name, need, empty_ok)
+            self._set(name, items[0] if name == "anchor_task" else items)
+        if self.icv_pair_set not in STYLE_METRICS:
+            raise IclMechError(f"{where}: {unknown('pair set', self.icv_pair_set, STYLE_METRICS)}")
+        base.positive(self, "icl_n_test", "anchor_n_test", "tv_n_dev", "tv_n_test", "icv_n_test",
+                      "icv_n_demonstrations", "max_new_tokens")  # fmt: skip
+        for item in self.icl_tasks:
+            bundled.check_queries(bundled.resolve(item), self.icl_n_test, [self.seed], where,
+                                  "icl_n_test")  # fmt: skip
+        bundled.check_queries(bundled.resolve(self.anchor_task), self.anchor_n_test, [self.seed],
+                              where, "anchor_n_test")  # fmt: skip
+        sizes = plan.sizes_of(TaskVectorSettings)
+        sizes |= {"n_test": self.tv_n_test, "n_dev": self.tv_n_dev}
+        for item in (*self.city_tasks, *self.io_tasks):
+            task = bundled.resolve(item)
+            plan.check_fits(task, sizes, self.seed, where, TV_SIZES, tuple(TV_SIZES))
+
+    def task_vector_settings(self) -> TaskVectorSettings:
+        """The task-vector section's settings: the city and input->output tasks, no pairs."""
+        return TaskVectorSettings(tasks=(*self.city_tasks, *self.io_tasks), pairs=(),
+                                  n_dev=self.tv_n_dev, n_test=self.tv_n_test, seed=self.seed,
+                                  max_new_tokens=4, test_curves=False)  # fmt: skip
 
 
 @dataclass
@@ -73,10 +119,6 @@ class ReportCard:
         return table(self.verdicts)
 
     def record(self) -> dict:
-        from dataclasses import asdict
-
-        from icl_mech import __version__
-
         return {
             "model": self.model,
             "icl_mech": __version__,
@@ -87,8 +129,6 @@ class ReportCard:
         }
 
     def html(self) -> str:
-        from icl_mech.show.report_card import report_html
-
         return report_html(self)
 
     def _repr_html_(self) -> str:
@@ -100,9 +140,6 @@ class ReportCard:
 
     def write(self, out: str | Path) -> list[Path]:
         """``report.json`` (settings, headlines, verdicts) and ``report.html``."""
-        from icl_mech.runner import writable_folder
-        from icl_mech.vectors import dumps
-
         out = writable_folder(out)
         json_path, html_path = out / "report.json", out / "report.html"
         json_path.write_text(dumps(self.record(), indent=1) + "\n")
@@ -112,8 +149,6 @@ class ReportCard:
 
 def check(model, settings: CheckSettings | None = None, progress: bool = True) -> ReportCard:
     """Run every section on ``model`` and judge it."""
-    from icl_mech.models import torch_threads
-
     settings = settings or CheckSettings()
     start = time.perf_counter()
     headlines: dict[str, Any] = {}
@@ -121,21 +156,19 @@ def check(model, settings: CheckSettings | None = None, progress: bool = True) -
     with torch_threads(settings.threads):
         for section in (_icl, _anchors, _task_vectors, _icv):
             section(model, settings, progress, headlines, figures)
-    verdicts = judge(headlines, settings.anchor_task, settings.icv_pair_set)
+    verdicts = judge(headlines, bundled.label(settings.anchor_task), settings.icv_pair_set)
     card = ReportCard(model.cfg.model_name, settings, headlines, verdicts, figures)
     card.seconds = time.perf_counter() - start
     return card
 
 
 def _icl(model, s: CheckSettings, progress, headlines, figures) -> None:
-    from icl_mech.evaluation import icl_accuracy
-    from icl_mech.plotting import accuracy_figure
-
-    results, section = [], {"tasks": list(s.icl_tasks)}
+    results, section = [], {"tasks": [bundled.label(t) for t in s.icl_tasks]}
     gains, strata = [], []
-    for name in s.icl_tasks:
-        task = bundled.load(name)
-        zero, few = (icl_accuracy(model, task, shots, s.icl_queries, s.seed, progress=progress)
+    for item in s.icl_tasks:
+        task = bundled.resolve(item)
+        name = task.name
+        zero, few = (icl_accuracy(model, task, shots, s.icl_n_test, s.seed, progress=progress)
                      for shots in (0, 1))  # fmt: skip
         results += [zero, few]
         zero_correct = np.equal(zero.gold, zero.predicted).astype(float)
@@ -167,15 +200,12 @@ def _accuracies(zero, few, gain: stats.Estimate, strata=None) -> dict:
 
 
 def _anchors(model, s: CheckSettings, progress, headlines, figures) -> None:
-    from icl_mech.anchors.experiment import AnalysisSettings, analyse_task
-    from icl_mech.anchors.figures import flows_figure, loyalty_figure
-    from icl_mech.anchors.reproduce import headline, token_pictures
-
-    settings = AnalysisSettings(tasks=(s.anchor_task,), n_test=s.anchor_queries, n_seeds=1,
-                                seed=s.seed)  # fmt: skip
-    analysis = analyse_task(model, bundled.load(s.anchor_task), s.anchor_queries, [s.seed],
+    k = min(AnalysisSettings.k, max(1, model.cfg.n_layers // 2))  # a tiny model has 3 layers
+    settings = AnalysisSettings(tasks=(s.anchor_task,), n_test=s.anchor_n_test, n_seeds=1,
+                                seed=s.seed, k=k)  # fmt: skip
+    analysis = analyse_task(model, bundled.resolve(s.anchor_task), s.anchor_n_test, [s.seed],
                             settings, progress=progress)  # fmt: skip
-    headlines["anchors"] = {s.anchor_task: headline(analysis)}
+    headlines["anchors"] = {bundled.label(s.anchor_task): anchor_headline(analysis)}
     figures["Label words: information flows per layer"] = flows_figure([analysis.flows])
     figures["Label words: loyalty under isolation"] = loyalty_figure([analysis.loyalty])
     for part, picture in token_pictures(model, settings).items():
@@ -183,29 +213,18 @@ def _anchors(model, s: CheckSettings, progress, headlines, figures) -> None:
 
 
 def _task_vectors(model, s: CheckSettings, progress, headlines, figures) -> None:
-    from icl_mech.task_vectors.evaluate import evaluate
-    from icl_mech.task_vectors.figures import accuracy_bars
-    from icl_mech.task_vectors.reproduce import headline
-    from icl_mech.task_vectors.settings import Settings
-
-    names = (*s.city_tasks, *s.io_tasks)
-    settings = Settings(tasks=names, pairs=(), n_dev=s.tv_dev, n_test=s.tv_test, seed=s.seed,
-                        max_new_tokens=4, test_curves=False)  # fmt: skip
-    results = evaluate(model, [bundled.load(n) for n in names], settings, progress)
-    headlines["task-vectors"] = headline(results, [])
+    settings = s.task_vector_settings()
+    results = evaluate_task_vectors(model, settings.tasks, settings, progress)
+    tasks = {"tasks": [t.task for t in results.tasks]}
+    headlines["task-vectors"] = task_vector_headline(results, []) | tasks
     figures["Task vectors: accuracy per task"] = accuracy_bars(results)
 
 
 def _icv(model, s: CheckSettings, progress, headlines, figures) -> None:
-    import pandas as pd
-
-    from icl_mech.icv.evaluate import evaluate
-    from icl_mech.icv.figures import sweep_figure
-    from icl_mech.icv.reproduce import headline
-
-    evaluations = evaluate(model, (s.icv_pair_set,), s.icv_strengths, n_demonstrations=16,
-                           n_test=s.icv_test, max_new_tokens=s.max_new_tokens, seed=s.seed,
-                           progress=progress)  # fmt: skip
-    summary = pd.concat([e.to_frame() for e in evaluations.values()], ignore_index=True)
-    headlines["icv"] = headline(summary)
+    settings = IcvSettings(pair_sets=(s.icv_pair_set,), strengths=s.icv_strengths,
+                           n_demonstrations=s.icv_n_demonstrations, n_test=s.icv_n_test,
+                           max_new_tokens=s.max_new_tokens, seed=s.seed)  # fmt: skip
+    evaluations = evaluate_icv(model, settings.pair_sets, settings, progress=progress)
+    summary = evaluations.to_frame()
+    headlines["icv"] = icv_headline(summary)
     figures["ICV: style, content and fluency per λ"] = sweep_figure(evaluations)

@@ -13,9 +13,23 @@ import argparse
 import os
 import platform
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
-from icl_mech.errors import IclMechError
+from icl_mech import models, plotting, tasks
+from icl_mech.catalogue import kinds
+from icl_mech.check import CheckSettings
+from icl_mech.check import check as run_check
+from icl_mech.errors import IclMechError, unknown
+from icl_mech.evaluation import icl_accuracy
+from icl_mech.model_names import MODELS, check_name
+from icl_mech.models import load_model
+from icl_mech.runner import REPRODUCTIONS, writable_folder
+from icl_mech.runner import reproduce as run_one
+from icl_mech.settings import ONE_WORD
+from icl_mech.sweeps import run_command
+from icl_mech.tasks import label
+from icl_mech.version import __version__
 
 NAMES = ("anchors", "anchor-applications", "task-vectors", "function-vectors", "icv", "icl-gd")
 DEMO_TASKS = ("sentiment", "question_type", "topic", "emotion")
@@ -23,6 +37,9 @@ DEMO_TASKS = ("sentiment", "question_type", "topic", "emotion")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) > 1 and argv[0] == "reproduce" and argv[1] not in (*NAMES, "all"):
+        if not argv[1].startswith("-"):
+            return _fail(str(unknown("reproduction", argv[1], (*NAMES, "all"))))
     args = _parser(argv).parse_args(argv)
     try:
         commands = {"info": info, "demo": demo, "check": check, "reproduce": reproduce,
@@ -99,7 +116,10 @@ def _settings_options(parser) -> None:
 
 def _common(parser, default_out: str | None) -> None:
     parser.add_argument(
-        "--model", default=None, help="local HF folder or TransformerLens name (default: embedded)"
+        "--model",
+        default=None,
+        help=f"{', '.join(MODELS)} (see icl-mech info), a local Hugging Face folder or a "
+        "TransformerLens name (default: embedded)",
     )
     parser.add_argument(
         "--out",
@@ -111,17 +131,11 @@ def _common(parser, default_out: str | None) -> None:
 
 
 def _paper(name: str) -> str:
-    from icl_mech.runner import REPRODUCTIONS
-
     return REPRODUCTIONS[name].paper if name in REPRODUCTIONS else "every reproduction"
 
 
 def _settings_class(name: str):
-    from icl_mech.runner import REPRODUCTIONS
-
     if name == "check":
-        from icl_mech.check import CheckSettings
-
         return CheckSettings
     return REPRODUCTIONS[name].settings_class()
 
@@ -141,22 +155,27 @@ def _settings_help(name: str) -> str:
 
 def _show(value) -> str:
     if isinstance(value, tuple):
-        return ",".join(":".join(v) if isinstance(v, tuple) else str(v) for v in value)
-    return str(value)
+        return ",".join(":".join(map(label, v)) if isinstance(v, tuple) else label(v)
+                        for v in value)  # fmt: skip
+    return label(value)
 
 
 def info(args) -> int:
-    from importlib.metadata import version
-
-    from icl_mech import __version__, kinds, models, tasks
-
     print(f"icl_mech {__version__}  python {platform.python_version()}")
     for package in ("torch", "transformer-lens", "transformers"):
         print(f"  {package:17s} {version(package)}")
     print(f"model cache: {models.cache_dir()}")
+    print("models (--model, load_model, grids; or a local folder, or a TransformerLens name):")
+    for name, description in MODELS.items():
+        print(f"  {name:13s} {description}")
+    kinds_shown = {"classification": "classification", "io": "input->output", "city": "city"}
+    for kind, shown in kinds_shown.items():
+        sizes = [f"{n} ({len(tasks.load(n).examples)})" for n in tasks.names(kind)]
+        print(f"{shown} tasks (examples): {', '.join(sizes)}")
+    print("  your own: --set tasks=FILE.csv|.json|.jsonl (options in FILE.task.json)")
+    pairs = [f"{n} ({len(tasks.load_pairs(n))})" for n in tasks.pair_names()]
+    print(f"ICV pair sets (pairs): {', '.join(pairs)}")
     print(f"hook kinds: {', '.join(kinds())}")
-    for kind in ("classification", "io", "city"):
-        print(f"{kind} tasks: {', '.join(tasks.names(kind))}")
     print(f"reproductions: {', '.join(NAMES)}")
     return 0
 
@@ -164,8 +183,8 @@ def info(args) -> int:
 def reproduce(args) -> int:
     names = list(NAMES) if args.name == "all" else [args.name]
     plans = _plans(names, args.overrides, args.quick, args.seed)
+    check_name(args.model, "--model")
     outs = {name: args.out or Path("runs") / name for name in names}
-    from icl_mech.runner import REPRODUCTIONS, writable_folder
 
     for out in outs.values():
         writable_folder(out)
@@ -185,9 +204,11 @@ def _plans(names, overrides: list[str], quick: bool, seed: int | None) -> dict:
     for key, _ in pairs:
         if not any(key in cls.keys() for cls in classes.values()):
             valid = sorted({k for cls in classes.values() for k in cls.keys()})
-            raise IclMechError(
-                f"unknown setting {key!r} for {'/'.join(names)}; valid: {', '.join(valid)}"
-            )
+            command = "icl-mech check" if names == ["check"] else f"icl-mech reproduce {names[0]}"
+            error = unknown("setting", key, valid, hint=f"{command} --help")
+            if ONE_WORD.get(key) in valid:
+                error = f"the setting {key!r} is called {ONE_WORD[key]!r}"
+            raise IclMechError(f"{'/'.join(names)}: {error}")
     plans = {}
     for name, cls in classes.items():
         values = {k: cls.parse(k, text) for k, text in pairs if k in cls.keys()}
@@ -198,15 +219,11 @@ def _plans(names, overrides: list[str], quick: bool, seed: int | None) -> dict:
 
 
 def _model(name: str | None):
-    from icl_mech import load_model
-
     print(f"loading {name or 'the embedded model'} ...", flush=True)
     return load_model(name)
 
 
 def _run(plans: dict, model, outs: dict) -> int:
-    from icl_mech.runner import reproduce as run_one
-
     for name, settings in plans.items():
         print(f"== {name} ==", flush=True)
         report = run_one(name, model, settings, out=outs[name])
@@ -217,10 +234,8 @@ def _run(plans: dict, model, outs: dict) -> int:
 
 
 def check(args) -> int:
-    from icl_mech.check import check as run_check
-    from icl_mech.runner import writable_folder
-
     settings = _plans(["check"], args.overrides, args.quick, args.seed)["check"]
+    check_name(args.model, "--model")
     out = writable_folder(args.out)
     model = _model(args.model)
     card = run_check(model, settings)
@@ -232,16 +247,10 @@ def check(args) -> int:
 
 
 def sweep(args) -> int:
-    from icl_mech.sweeps import run_command
-
     return run_command(args.grid, args.executor, args.address, args.store, args.dry_run)
 
 
 def demo(args) -> int:
-    from icl_mech import plotting, tasks
-    from icl_mech.evaluation import icl_accuracy
-    from icl_mech.runner import writable_folder
-
     out = writable_folder(args.out)
     seed = 0 if args.seed is None else args.seed
     plans = {} if args.only_accuracy else _plans(list(NAMES), [], True, seed)
@@ -250,7 +259,8 @@ def demo(args) -> int:
     print(f"{'task':15s} {'0-shot':>18s} {'1-shot/class':>18s}  (64 held-out queries, 95% CI)")
     for name in DEMO_TASKS:
         zero, few = (
-            icl_accuracy(model, tasks.load(name), shots=s, n_queries=64, seed=seed) for s in (0, 1)
+            icl_accuracy(model, tasks.load(name), n_demonstrations=s, n_test=64, seed=seed)
+            for s in (0, 1)
         )
         results += [zero, few]
         print(f"{name:15s} {zero.estimate()!s:>18s} {few.estimate()!s:>18s}", flush=True)

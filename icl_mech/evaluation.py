@@ -13,20 +13,25 @@ from icl_mech import stats, validate
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import run
-from icl_mech.prompts import ICLPrompt, PromptBatch, Task
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.prompt_batch import PromptBatch
+from icl_mech.prompts import Task
 
 
-def build_prompts(task: Task, shots: int, queries: Sequence, seed: int = 0) -> list[ICLPrompt]:
-    """One prompt per query; ``shots`` demonstrations per class (or in all, for io tasks),
+def build_prompts(
+    task: Task, n_demonstrations: int, queries: Sequence, seed: int = 0
+) -> list[ICLPrompt]:
+    """One prompt per query; ``n_demonstrations`` per class (or in all, for io tasks),
     drawn from the task's examples that do not give the query away (``Task.leaks``: not the
     query, not its other direction, no example showing its input or, where answers do not
-    repeat, its answer). ``shots=0`` gives zero-shot prompts."""
-    shots = validate.count(shots, "shots", minimum=0)
+    repeat, its answer). ``n_demonstrations=0`` gives zero-shot prompts."""
+    n_demonstrations = validate.count(n_demonstrations, "n_demonstrations", minimum=0)
     rng = random.Random(seed)
-    if shots == 0:
+    if n_demonstrations == 0:
         return [ICLPrompt.zero_shot(task, q) for q in queries]
     return [
-        ICLPrompt.build(task, task.sample_demonstrations(shots, rng, exclude=q), q) for q in queries
+        ICLPrompt.build(task, task.sample_demonstrations(n_demonstrations, rng, exclude=q), q)
+        for q in queries
     ]
 
 
@@ -62,7 +67,7 @@ def predict(model, batch: PromptBatch, *items) -> torch.Tensor:
 @dataclass
 class AccuracyResult:
     task: str
-    shots: int
+    n_demonstrations: int
     seed: int
     queries: list[str]
     gold: list[int]  # class index, or first answer token id
@@ -82,7 +87,7 @@ class AccuracyResult:
         return pd.DataFrame(
             {
                 "task": self.task,
-                "shots": self.shots,
+                "n_demonstrations": self.n_demonstrations,
                 "seed": self.seed,
                 "query": self.queries,
                 "gold": self.gold,
@@ -95,29 +100,29 @@ class AccuracyResult:
 def icl_accuracy(
     model,
     task: Task,
-    shots: int = 1,
-    n_queries: int = 64,
+    n_demonstrations: int = 1,
+    n_test: int = 64,
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
 ) -> AccuracyResult:
-    """Few-shot accuracy on ``n_queries`` held-out examples of a task.
+    """Few-shot accuracy on ``n_test`` held-out examples of a task.
 
     The test queries are a seeded, class-balanced split; demonstrations come from the rest.
     """
-    shots = validate.count(shots, "icl_accuracy shots", minimum=0)
-    n_queries = validate.count(n_queries, "icl_accuracy n_queries", maximum=len(task.examples))
+    n_demonstrations = validate.count(n_demonstrations, "icl_accuracy n_demonstrations", minimum=0)
+    n_test = validate.count(n_test, "icl_accuracy n_test", maximum=len(task.examples))
     validate.count(batch_size, "icl_accuracy batch_size")
-    pool, test = task.split(n_queries, seed)
-    prompts = build_prompts(pool, shots, test.examples, seed)
+    pool, test = task.split(n_test, seed)
+    prompts = build_prompts(pool, n_demonstrations, test.examples, seed)
     if task.is_classification:
         gold = [task.class_index(p.answer) for p in prompts]
     else:
         gold = answer_token_ids(model, prompts).tolist()
     predicted: list[int] = []
-    label = progress and f"{task.name} {shots}-shot"
+    label = progress and f"{task.name} {n_demonstrations}-shot"
     for batch in batches(model, prompts, batch_size, progress=label):
         predicted += predict(model, batch).tolist()
     queries = [q.x for q in test.examples]
     n_classes = len(task.classes) if task.classes else 0
-    return AccuracyResult(task.name, shots, seed, queries, gold, predicted, n_classes)
+    return AccuracyResult(task.name, n_demonstrations, seed, queries, gold, predicted, n_classes)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from transformers import AutoModelForCausalLM
+
 from icl_mech import backends
 from icl_mech.errors import IclMechError
 from icl_mech.layout import lay_out
@@ -36,12 +38,12 @@ def hooked_from_folder(
 ) -> HookedTransformer:
     """``official``: the TransformerLens name whose config describes the folder (for
     architectures whose local config TransformerLens 3.x refuses, such as Gemma 3)."""
+    # TransformerLens 3.x only: 4.x removed HookedTransformer and its loaders
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.loading_from_pretrained import (
+    from transformer_lens.loading_from_pretrained import (  # 3.x only, as above
         convert_hf_model_config,
         get_pretrained_state_dict,
     )
-    from transformers import AutoModelForCausalLM
 
     try:
         config = convert_hf_model_config(official or str(folder))
@@ -67,10 +69,11 @@ def hooked_from_folder(
 
 
 def hooked_from_name(name: str, how: dict) -> HookedTransformer:
+    # TransformerLens 3.x only: 4.x removed HookedTransformer and its loaders
     from transformer_lens import HookedTransformer
 
     if how["n_ctx"] is not None:
-        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+        from transformer_lens.loading_from_pretrained import get_pretrained_model_config  # 3.x
 
         check_n_ctx(how["n_ctx"], get_pretrained_model_config(name).n_ctx, name)
     model = HookedTransformer.from_pretrained_no_processing(

@@ -10,8 +10,10 @@ later item sees the activation as the earlier items left it; on different hook p
 model's own order decides. So ``attach(model, steer, capture)`` captures the steered values.
 
 The catalogue names kinds so an experiment can be written as data: ``make("patch", ...)``.
-Register your own with ``@register("my-kind")``. The method packages register their kinds when
-imported; ``kinds()`` and ``make()`` import them on first use, so ``import icl_mech`` suffices.
+Register your own with ``@register("my-kind")``. A kind is in the catalogue once the module
+defining it is imported: ``import icl_mech`` imports the built-in kinds
+(:mod:`icl_mech.interventions`) and every method package's. Hook point names and the shapes at
+them are :mod:`icl_mech.hook_points`.
 
 Checks before the forward: every spec (point name, function, direction), every item's values
 and positions against the model and the batch (see :mod:`icl_mech.interventions`), and the
@@ -22,21 +24,19 @@ is refused).
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.util
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import ClassVar, Literal
 
+from jaxtyping import Float
 from torch import Tensor
 
 from icl_mech import backends, validate
 from icl_mech.errors import IclMechError
-from icl_mech.prompts import PromptBatch
+from icl_mech.hook_points import check_point, model_name, points, position_mask
+from icl_mech.prompt_batch import PromptBatch
 
 Direction = Literal["fwd", "bwd"]
 
@@ -85,35 +85,6 @@ class Probe(Hooked):
 
 
 CATALOGUE: dict[str, type[Hooked]] = {}
-# packages whose modules register kinds; imported by kinds() / make(), never at import time
-# (they import this module)
-METHOD_PACKAGES = (
-    "icl_mech.anchors",
-    "icl_mech.task_vectors",
-    "icl_mech.icv",
-    "icl_mech.function_vectors",
-    "icl_mech.gd",
-)
-_registering: list[str] | None = None  # modules of METHOD_PACKAGES holding a @register line
-
-
-def load_method_kinds() -> None:
-    """Import every module of the method packages that registers a kind (found once by a scan
-    of their source for ``@register(``, so figure and reproduce modules stay unimported)."""
-    global _registering
-    if _registering is None:
-        found = []
-        for package in METHOD_PACKAGES:
-            spec = importlib.util.find_spec(package)
-            if spec is None or not spec.submodule_search_locations:
-                continue
-            for info in pkgutil.iter_modules(spec.submodule_search_locations):
-                source = Path(info.module_finder.path) / f"{info.name}.py"
-                if source.is_file() and "@register(" in source.read_text(encoding="utf-8"):
-                    found.append(f"{package}.{info.name}")
-        _registering = found
-    for module in _registering:
-        importlib.import_module(module)
 
 
 def register(kind: str):
@@ -139,8 +110,6 @@ def _origin(cls: type) -> tuple[str, str]:
 def make(kind: str, **params) -> Hooked:
     """Build a catalogued kind from data, e.g. ``make("add", point=..., vector=...)``."""
     if kind not in CATALOGUE:
-        load_method_kinds()
-    if kind not in CATALOGUE:
         close = difflib.get_close_matches(str(kind), list(CATALOGUE), n=3)
         hint = f"; did you mean {close}?" if close else ""
         raise IclMechError(f"unknown kind {kind!r}; registered kinds: {sorted(CATALOGUE)}{hint}")
@@ -149,7 +118,6 @@ def make(kind: str, **params) -> Hooked:
 
 def kinds() -> dict[str, str]:
     """Registered kinds with the first line of their description."""
-    load_method_kinds()
     return {k: (cls.__doc__ or "").strip().splitlines()[0] for k, cls in sorted(CATALOGUE.items())}
 
 
@@ -189,6 +157,23 @@ def run(model, batch: PromptBatch, *items: Hooked | HookSpec, **forward_kwargs) 
         return model(batch.tokens, attention_mask=batch.attention_mask, **forward_kwargs)
 
 
+def resume(model, layer: int, residual: Float[Tensor, "batch seq d_model"]):
+    """A hook spec that makes the stream entering ``layer`` equal ``residual``: with a full
+    forward, the bridge's equivalent of ``start_at_layer`` (the same numbers from that layer
+    on; hooks on earlier layers still run)."""
+    name = points(model, "hook_resid_pre", [layer])[0]
+
+    def replace(stream, hook):
+        if stream.shape != residual.shape:
+            raise IclMechError(
+                f"resuming at {name!r}: the residual has shape {tuple(residual.shape)}, the "
+                f"stream {tuple(stream.shape)}"
+            )
+        return residual.to(stream.device, stream.dtype)
+
+    return HookSpec(name, replace)
+
+
 def collect_specs(model, items, batch) -> list[HookSpec]:
     specs: list[HookSpec] = []
     for item in items:
@@ -208,27 +193,6 @@ def collect_specs(model, items, batch) -> list[HookSpec]:
     return specs
 
 
-def check_point(model, name: str) -> None:
-    if name not in model.hook_dict:
-        close = difflib.get_close_matches(name, list(model.hook_dict), n=3)
-        hint = f"; did you mean {close}?" if close else ""
-        raise IclMechError(f"unknown hook point {name!r} on {model_name(model)}{hint}")
-
-
-def points(model, suffix: str, layers: Iterable[int] | None = None) -> list[str]:
-    """Hook point names ``blocks.{l}.{suffix}`` for the given layers (default: all)."""
-    chosen = validate.layers(model, layers, allow_empty=True)
-    names = [f"blocks.{layer}.{suffix}" for layer in chosen]
-    for name in names:
-        check_point(model, name)
-    return names
-
-
-def model_name(model) -> str:
-    cfg = getattr(model, "cfg", None)
-    return getattr(cfg, "model_name", type(model).__name__)
-
-
 def _short(value) -> str:
     if isinstance(value, Tensor):
         return f"Tensor{list(value.shape)}"
@@ -237,41 +201,22 @@ def _short(value) -> str:
     return repr(value)
 
 
-# the built-in kinds live in their own module; imported last, as it builds on the names above
-from icl_mech.interventions import (  # noqa: E402
-    Ablate,
-    AddVector,
-    Capture,
-    Patch,
-    broadcast_value,
-    check_width,
-    position_dim,
-    position_mask,
-    width,
-)
-
 __all__ = [
     "CATALOGUE",
-    "Ablate",
-    "AddVector",
-    "Capture",
     "Direction",
     "HookSpec",
     "Hooked",
     "Intervention",
-    "Patch",
     "Probe",
     "attach",
-    "broadcast_value",
     "check_point",
-    "check_width",
     "collect_specs",
     "kinds",
     "make",
+    "model_name",
     "points",
-    "position_dim",
     "position_mask",
     "register",
+    "resume",
     "run",
-    "width",
 ]

@@ -3,7 +3,8 @@
 Values are checked when an item is built (lists and numpy arrays become tensors; 0-d, NaN,
 inf, bool and ``meta`` tensors are refused, see :func:`icl_mech.validate.tensor`), and against
 the model and the batch when its specs are built, so every bad shape, width or position is an
-``IclMechError`` before the forward pass. ``from icl_mech.hooks import AddVector`` keeps working.
+``IclMechError`` before the forward pass. The shapes at hook points are
+:mod:`icl_mech.hook_points`.
 """
 
 from __future__ import annotations
@@ -13,107 +14,20 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from icl_mech import validate
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import HookSpec, Intervention, Probe, check_point, model_name, register
-from icl_mech.positions import Positions, check, resolve
-from icl_mech.prompts import PromptBatch
-
-_D_MODEL_POINTS = (
-    "hook_resid_pre",
-    "hook_resid_mid",
-    "hook_resid_post",
-    "hook_attn_out",
-    "hook_mlp_out",
-    "hook_embed",
-    "hook_pos_embed",
+from icl_mech.hook_points import (
+    broadcast_value,
+    check_value,
+    point_name,
+    position_dim,
+    position_mask,
 )
-
-
-def position_dim(point: str) -> int:
-    """Which dimension of this hook point's activation indexes (query) positions."""
-    return 2 if point.endswith(("hook_pattern", "hook_attn_scores")) else 1
-
-
-def width(model, point: str) -> int | None:
-    """Size of the last dimension at a hook point, where it is known from the config."""
-    if point.endswith(_D_MODEL_POINTS):
-        return model.cfg.d_model
-    if point.endswith(("mlp.hook_pre", "mlp.hook_post")):
-        return model.cfg.d_mlp
-    if point.endswith(("hook_q", "hook_k", "hook_v", "hook_z")):
-        return model.cfg.d_head
-    return None
-
-
-def position_mask(
-    point: str, activation: Tensor, positions: Positions, batch: PromptBatch | None
-) -> Bool[Tensor, "..."]:
-    """The positions selector as a mask broadcastable against the activation."""
-    dim = position_dim(point)
-    mask = resolve(positions, activation.shape[0], activation.shape[dim], batch)
-    shape = [activation.shape[0]] + [1] * (activation.ndim - 1)
-    shape[dim] = activation.shape[dim]
-    return mask.to(activation.device).view(shape)
-
-
-def broadcast_value(value: Tensor, activation: Tensor, point: str) -> Tensor:
-    """Expand a value of shape [*trailing], [batch, *trailing] or the activation's own shape."""
-    value = value.to(activation.device, activation.dtype)
-    trailing = activation.shape[position_dim(point) + 1 :]
-    if value.shape == activation.shape:
-        return value
-    if value.shape == trailing:
-        return value.expand_as(activation)
-    if value.shape == (activation.shape[0], *trailing):
-        view = [activation.shape[0]] + [1] * (activation.ndim - 1 - len(trailing)) + list(trailing)
-        return value.view(view).expand_as(activation)
-    raise IclMechError(
-        f"value of shape {tuple(value.shape)} does not fit hook point {point!r} "
-        f"with activation {tuple(activation.shape)}: expected {tuple(trailing)}, "
-        f"[batch, *{tuple(trailing)}] or the full shape"
-    )
-
-
-def check_width(model, point: str, value: Tensor, what: str) -> None:
-    expected = width(model, point)
-    if expected is not None and value.shape[-1] != expected:
-        raise IclMechError(
-            f"{what} has width {value.shape[-1]} but {point!r} of "
-            f"{model_name(model)} has width {expected}"
-        )
-
-
-def check_value(model, point: str, value: Tensor, batch: PromptBatch | None, what: str) -> None:
-    """Width always; with a batch, the whole shape at points of known width (before the run)."""
-    check_point(model, point)
-    check_width(model, point, value, what)
-    expected = width(model, point)
-    if (
-        batch is None
-        or expected is None
-        or point.endswith(("hook_q", "hook_k", "hook_v", "hook_z"))
-    ):
-        return
-    n, s = len(batch), batch.seq_len
-    allowed = [(expected,), (n, expected), (n, s, expected)]
-    if tuple(value.shape) not in allowed:
-        raise IclMechError(
-            f"{what} has shape {list(value.shape)}; at {point!r} the activation is "
-            f"[batch, seq, d] = {[n, s, expected]}, so give [d] = {[expected]}, "
-            f"[batch, d] = {[n, expected]} or the full shape"
-        )
-
-
-def point_name(point, what: str) -> str:
-    if not isinstance(point, str) or not point:
-        raise IclMechError(
-            f"{what}: point={point!r} must be a hook point name such as 'blocks.0.hook_resid_post'"
-        )
-    return point
+from icl_mech.hooks import HookSpec, Intervention, Probe, register
+from icl_mech.positions import Positions, check, normalise, resolve
 
 
 @register("capture")
@@ -137,7 +51,7 @@ class Capture(Probe):
                 point_name(name, "Capture")
         elif not callable(self.points):
             point_name(self.points, "Capture")
-        self.positions = validate.positions(self.positions, "Capture positions")
+        self.positions = normalise(self.positions, "Capture positions")
 
     def _one_per_row(self, mask: Tensor, where: str) -> None:
         if not bool((mask.sum(dim=1) == 1).all()):
@@ -187,7 +101,7 @@ class Patch(Intervention):
     def __post_init__(self):
         self.point = point_name(self.point, "Patch")
         self.value = validate.tensor(self.value, f"Patch value for {self.point!r}")
-        self.positions = validate.positions(self.positions, "Patch positions")
+        self.positions = normalise(self.positions, "Patch positions")
 
     def specs(self, model, batch):
         check_value(model, self.point, self.value, batch, "patch value")
@@ -203,18 +117,18 @@ class Patch(Intervention):
 @register("add")
 @dataclass(repr=False)
 class AddVector(Intervention):
-    """Add ``scale * vector`` to the activation at ``positions``."""
+    """Add ``strength * vector`` to the activation at ``positions``."""
 
     point: str
     vector: Float[Tensor, "*batch d"]
     positions: Positions = "all"
-    scale: float = 1.0
+    strength: float = 1.0
 
     def __post_init__(self):
         self.point = point_name(self.point, "AddVector")
         self.vector = validate.tensor(self.vector, f"AddVector vector for {self.point!r}")
-        self.positions = validate.positions(self.positions, "AddVector positions")
-        self.scale = validate.real(self.scale, "AddVector scale")
+        self.positions = normalise(self.positions, "AddVector positions")
+        self.strength = validate.real(self.strength, "AddVector strength")
 
     def specs(self, model, batch):
         check_value(model, self.point, self.vector, batch, "vector")
@@ -222,7 +136,7 @@ class AddVector(Intervention):
 
         def add(activation, hook):
             mask = position_mask(hook.name, activation, positions, batch)
-            delta = broadcast_value(self.vector, activation, hook.name) * self.scale
+            delta = broadcast_value(self.vector, activation, hook.name) * self.strength
             return activation + mask * delta
 
         return [HookSpec(self.point, add)]
@@ -244,7 +158,7 @@ class Ablate(Intervention):
 
     def __post_init__(self):
         self.point = point_name(self.point, "Ablate")
-        self.positions = validate.positions(self.positions, "Ablate positions")
+        self.positions = normalise(self.positions, "Ablate positions")
         validate.choice(self.mode, "Ablate mode", ("zero", "mean"))
         if self.mean is not None:
             if self.mode != "mean":

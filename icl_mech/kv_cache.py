@@ -9,6 +9,10 @@ import einops
 import torch
 from jaxtyping import Int
 from torch import Tensor
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.utilities import sample_logits
+from transformers import DynamicCache
 
 from icl_mech.backends import cache_keyword, is_bridge
 from icl_mech.errors import IclMechError
@@ -38,8 +42,6 @@ class KVCache:
         if is_bridge(model):
             empty = torch.zeros(batch_size, 0, dtype=torch.long)
             return cls([], [], empty, bridge=True)
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
         tl = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size)
         return cls([], [], tl.previous_attention_mask, bridge=False, _tl=tl)
 
@@ -54,11 +56,6 @@ class KVCache:
     def _frozen(cls, bridge: bool, keys, values, attention_mask) -> KVCache:
         if bridge:
             return cls(list(keys), list(values), attention_mask, bridge=True, frozen=True)
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-        from transformer_lens.cache.key_value_cache_entry import (
-            TransformerLensKeyValueCacheEntry,
-        )
-
         entries = [
             TransformerLensKeyValueCacheEntry(k, v, frozen=True) for k, v in zip(keys, values)
         ]
@@ -100,8 +97,6 @@ class KVCache:
         """The model's forward on ``tokens`` after the cached positions."""
         if not self.bridge:
             return model(tokens, attention_mask=attention_mask, past_kv_cache=self._tl, **forward)
-        from transformers import DynamicCache
-
         hf_cache = DynamicCache()
         for layer, (k, v) in enumerate(zip(self.keys, self.values)):
             hf_cache.update(k.transpose(1, 2), v.transpose(1, 2), layer)
@@ -158,10 +153,6 @@ def generate(
             return_type="tokens",
             verbose=False,
         )
-    try:
-        from transformer_lens.utilities import sample_logits
-    except ImportError:  # pragma: no cover - older layouts
-        from transformer_lens.utils import sample_logits
     stops = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     device = model.cfg.device
     tokens, mask = tokens.to(device), attention_mask.to(device)

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
+from icl_mech.backends import is_bridge
+
 # parameter name -> the storage order (a permutation of its axes) in which the rearrangement
 # TransformerLens applies before F.linear is a view
 _ATTENTION = {"W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "W_O": (2, 0, 1)}
@@ -61,8 +63,6 @@ _Changed = list[tuple[nn.Parameter, "Tensor | None", tuple, int]]
 
 def _relayout(model, in_place: bool, changed: _Changed) -> _Changed:
     """Lay the weights out, recording each change in ``changed`` as it is made."""
-    from icl_mech.backends import is_bridge  # backends imports validate, which is light
-
     if is_bridge(model):
         return changed
     for module, layouts in _targets(model):

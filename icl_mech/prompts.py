@@ -1,27 +1,21 @@
-"""Prompts with every position known: Task → Demonstration → ICLPrompt → PromptBatch.
+"""Tasks and their demonstrations: Task → Demonstration, then ICLPrompt
+(:mod:`icl_mech.icl_prompt`) → PromptBatch (:mod:`icl_mech.prompt_batch`).
 
-A prompt is a list of typed segments (demonstration input, template text, label word,
-separator, query). ``PromptBatch`` (:mod:`icl_mech.prompt_batch`, re-exported here) tokenises
-the whole text at once, maps each token back to its segment through character offsets,
-left-pads the batch and records, per row, where every label word, demonstration and the
-query sit. Class scores at the target position q come from the first token of each label word.
+A ``Task`` holds examples and the template that renders them; it samples demonstrations and
+splits its examples into disjoint parts (paired tasks by unordered pair).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from icl_mech import validate
 from icl_mech.errors import IclMechError
-
-Role = Literal["input", "template", "label", "separator", "query"]
-ROLES: tuple[str, ...] = ("pad", "bos", "input", "template", "label", "separator", "query")
-QUERY = -1  # demonstration index of the query's segments
-NO_DEMO = -2  # demonstration index of padding and BOS
 
 
 @dataclass(frozen=True)
@@ -44,7 +38,8 @@ class Task:
     """A named set of examples with the template that renders them.
 
     ``template`` holds ``{x}``; the answer follows it after ``answer_prefix``. For a
-    classification task ``classes`` lists the label words, in class order.
+    classification task ``classes`` lists the label words, in class order. ``source`` (the
+    file it was read from, if any) is provenance only: it takes no part in equality.
     """
 
     name: str
@@ -53,6 +48,7 @@ class Task:
     classes: tuple[str, ...] | None = None
     answer_prefix: str = " "
     separator: str = "\n"
+    source: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.template.count("{x}") != 1:
@@ -82,6 +78,26 @@ class Task:
     @property
     def is_classification(self) -> bool:
         return self.classes is not None
+
+    @property
+    def kind(self) -> str:
+        """``"classification"`` (label words) or ``"input->output"``."""
+        return "classification" if self.classes is not None else "input->output"
+
+    def provenance(self) -> dict:
+        """A JSON-safe record of the task (how settings that hold it serialise): its name, kind,
+        size, template, label words, source file and a sha256 of everything that renders it."""
+        content = json.dumps([self.template, self.classes, self.answer_prefix, self.separator,
+                              [[e.x, e.y] for e in self.examples]])  # fmt: skip
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "examples": len(self.examples),
+            "template": self.template,
+            "classes": None if self.classes is None else list(self.classes),
+            "source": self.source,
+            "sha256": hashlib.sha256(content.encode()).hexdigest(),
+        }
 
     def class_index(self, answer: str) -> int:
         if self.classes is None or answer not in self.classes:
@@ -233,65 +249,6 @@ class Task:
         return chosen
 
 
-@dataclass(frozen=True)
-class Segment:
-    text: str
-    role: Role
-    demo: int  # index of the demonstration it belongs to, QUERY for the query
-
-
-@dataclass(frozen=True)
-class ICLPrompt:
-    """Demonstrations then a query, as typed segments; ``answer`` is the query's gold answer."""
-
-    segments: tuple[Segment, ...]
-    task: Task
-    answer: str | None = None
-
-    @classmethod
-    def build(
-        cls, task: Task, demonstrations: Sequence[Demonstration], query: Demonstration | str
-    ) -> "ICLPrompt":
-        if len(demonstrations) == 0:
-            raise IclMechError(
-                f"task {task.name!r}: empty demonstrations; use "
-                "ICLPrompt.zero_shot(task, query) for a prompt without any"
-            )
-        return cls._assemble(task, demonstrations, query)
-
-    @classmethod
-    def zero_shot(cls, task: Task, query: Demonstration | str) -> "ICLPrompt":
-        return cls._assemble(task, (), query)
-
-    @classmethod
-    def _assemble(cls, task, demonstrations, query) -> "ICLPrompt":
-        for demo in demonstrations:
-            if not isinstance(demo, Demonstration) or not demo.x.strip() or demo.y == "":
-                raise IclMechError(
-                    f"task {task.name!r}: demonstration {demo!r} must be a Demonstration with "
-                    "a non-empty input and answer"
-                )
-            if task.is_classification:
-                task.class_index(demo.y)
-        segments: list[Segment] = []
-        for i, demo in enumerate(demonstrations):
-            segments += _render_input(task, demo.x, i)
-            segments.append(Segment(task.answer_prefix + demo.y, "label", i))
-            segments.append(Segment(task.separator, "separator", i))
-        query_x, answer = (query.x, query.y) if isinstance(query, Demonstration) else (query, None)
-        validate.text(query_x, f"task {task.name!r}: query")
-        segments += [Segment(s.text, "query", QUERY) for s in _render_input(task, query_x, QUERY)]
-        return cls(tuple(s for s in segments if s.text), task, answer)
-
-    @property
-    def text(self) -> str:
-        return "".join(s.text for s in self.segments)
-
-    @property
-    def n_demonstrations(self) -> int:
-        return 1 + max((s.demo for s in self.segments), default=-1)
-
-
 def _check_answer_boundary(task: Task) -> None:
     """A space right before the answer, outside it, merges into the answer's first token."""
     tail = task.template.split("{x}")[1] + task.answer_prefix
@@ -303,15 +260,3 @@ def _check_answer_boundary(task: Task) -> None:
             "(' positive' is one token), so the label's positions would belong to the template. "
             f"Move the space: template={kept!r}, answer_prefix={task.template[len(kept) :]!r}"
         )
-
-
-def _render_input(task: Task, x: str, demo: int) -> list[Segment]:
-    before, after = task.template.split("{x}")
-    return [
-        Segment(before, "template", demo),
-        Segment(x, "input", demo),
-        Segment(after, "template", demo),
-    ]
-
-
-from icl_mech.prompt_batch import PromptBatch, RowPositions, class_token_ids  # noqa: E402, F401

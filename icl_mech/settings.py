@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from icl_mech import validate
-from icl_mech.errors import IclMechError
+from icl_mech.errors import IclMechError, unknown
 
 
 @dataclass(frozen=True)
@@ -44,21 +44,15 @@ class Settings:
         return [f.name for f in dataclasses.fields(cls)]
 
     def replace(self, **overrides) -> Settings:
-        unknown = sorted(set(overrides) - set(self.keys()))
-        if unknown:
-            raise IclMechError(
-                f"{_label(type(self))}: unknown setting(s) {unknown}; "
-                f"valid: {', '.join(self.keys())}"
-            )
+        for key in sorted(set(overrides) - set(self.keys())):
+            raise _unknown_setting(type(self), key)
         return dataclasses.replace(self, **overrides) if overrides else self
 
     @classmethod
     def parse(cls, key: str, text: str) -> Any:
         """The value of ``key`` from its command-line text (``"8"``, ``"a,b"``, ``"a:b,c:d"``)."""
         if key not in cls.keys():
-            raise IclMechError(
-                f"{_label(cls)}: unknown setting {key!r}; valid: {', '.join(cls.keys())}"
-            )
+            raise _unknown_setting(cls, key)
         hint = typing.get_type_hints(cls)[key]
         try:
             return _parse(hint, text.strip())
@@ -68,15 +62,37 @@ class Settings:
             ) from None
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-safe: tuples as lists, a ``Task`` (or anything with ``provenance()``) as its
+        provenance record (name, kind, size, source file, sha256 of its content)."""
         return {k: _lists(v) for k, v in self.__dict__.items()}
+
+    def _set(self, name: str, value: Any) -> None:
+        """For ``check()`` only: store the checked form of a setting (e.g. a task file read)."""
+        object.__setattr__(self, name, value)
 
 
 def _lists(value):
-    return [_lists(v) for v in value] if isinstance(value, tuple) else value
+    if isinstance(value, tuple):
+        return [_lists(v) for v in value]
+    provenance = getattr(value, "provenance", None)
+    return provenance() if callable(provenance) else value
+
+
+# the words of one idea that the package no longer uses, and the one it uses
+ONE_WORD = {"scale": "strength", "shots": "n_demonstrations", "n_queries": "n_test"}
+
+
+def _unknown_setting(cls: type, key: str) -> IclMechError:
+    now = ONE_WORD.get(key)
+    if now in cls.keys():
+        return IclMechError(f"{_label(cls)}: the setting {key!r} is called {now!r}")
+    listed = f"{cls.__module__}.{cls.__qualname__}.keys()"
+    return IclMechError(f"{_label(cls)}: {unknown('setting', key, cls.keys(), hint=listed)}")
 
 
 def _label(cls: type) -> str:
-    return f"{cls.__module__.rsplit('.', 2)[-2]} settings"
+    parts = cls.__module__.split(".")
+    return f"{parts[1] if len(parts) > 1 else parts[0]} settings"
 
 
 def _parse(hint, text: str):
@@ -121,13 +137,18 @@ def one_of(settings: Settings, name: str, options) -> None:
     validate.choice(getattr(settings, name), f"{_label(type(settings))}: {name}", list(options))
 
 
-def known(settings: Settings, name: str, available) -> None:
-    """Every name in the tuple setting ``name`` is among ``available``."""
+def known(settings: Settings, name: str, available, what: str | None = None) -> None:
+    """Every name in the tuple setting ``name`` is among ``available`` (a misspelt one gets a
+    did-you-mean; ``what`` names one item, e.g. "pair set")."""
     values, available = getattr(settings, name), list(available)
     if not values:
         raise IclMechError(f"{_label(type(settings))}: {name} is empty; choose from {available}")
-    unknown = [v for v in values if v not in available]
-    if unknown:
-        raise IclMechError(
-            f"{_label(type(settings))}: unknown {name} {unknown}; choose from {available}"
-        )
+    for value in values:
+        if value not in available:
+            error = unknown(what or name.removesuffix("s").replace("_", " "), value, available)
+            raise IclMechError(f"{_label(type(settings))}: {name}: {error}")
+
+
+def where(settings: Settings) -> str:
+    """How error messages name these settings (``"task_vectors settings"``)."""
+    return _label(type(settings))

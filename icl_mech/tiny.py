@@ -1,22 +1,11 @@
-"""Tiny randomly initialised models with a real (small) BPE tokenizer, for fast tests.
-
-The tokenizer is trained on the bundled task texts and cached under ``$ICL_MECH_CACHE``
-(TransformerLens reloads tokenizers by path); with a read-only cache it lives in a temporary
-folder for the life of the process.
-"""
+"""Tiny randomly initialised models with a real (small) BPE tokenizer
+(:mod:`icl_mech.tiny_tokenizer`), for fast tests."""
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
-from functools import lru_cache
-from pathlib import Path
-
-from icl_mech import backends, bridge_loading, cache, validate
+from icl_mech import backends, bridge_loading, validate
 from icl_mech.errors import IclMechError
-
-TINY_TOKENIZER = "tiny-tokenizer-v1"
+from icl_mech.tiny_tokenizer import tiny_tokenizer
 
 
 def tiny_model(
@@ -44,6 +33,7 @@ def tiny_model(
         return bridge_loading.tiny_bridge(
             arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, seed=seed
         )
+    # TransformerLens 3.x only: 4.x removed HookedTransformer and its loaders
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     common = dict(
@@ -84,64 +74,3 @@ def tiny_model(
         raise IclMechError(f"tiny_model: unknown arch {arch!r}; choose 'gpt2' or 'llama'")
     model = HookedTransformer(cfg, tokenizer=tiny_tokenizer(), default_padding_side="left")
     return model.eval()
-
-
-@lru_cache(maxsize=1)
-def tiny_tokenizer():
-    """A byte-level BPE tokenizer trained (in about a second) on the bundled task texts.
-
-    It is saved to the cache and reloaded, since TransformerLens reloads tokenizers by path.
-    With a read-only cache it lives in a temporary folder for the life of the process.
-    """
-    from transformers import AutoTokenizer
-
-    folder = cache.cache_dir() / TINY_TOKENIZER
-    if cache.inspect(folder) is not None and not _writable(folder.parent):
-        validate.warn(
-            f"the cache {folder.parent} is not writable (ICL_MECH_CACHE); the tiny tokenizer "
-            "is built in a temporary folder for this process"
-        )
-        folder = _scratch() / TINY_TOKENIZER
-    built = cache.build_once(
-        folder, lambda out: _train_tiny_tokenizer().save_pretrained(out), what="the tiny tokenizer"
-    )
-    return AutoTokenizer.from_pretrained(str(built))
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        validate.writable_folder(folder, "cache")
-    except IclMechError:
-        return False
-    return True
-
-
-@lru_cache(maxsize=1)
-def _scratch() -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="icl_mech-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
-
-
-def _train_tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from icl_mech import tasks
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2000,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(tasks.all_texts(), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        padding_side="left",
-    )

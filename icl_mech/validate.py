@@ -7,10 +7,10 @@ to fix it. A legal but degenerate value that a researcher might mean gets an
 :class:`IclMechWarning` instead (see :func:`warn`).
 
 - :func:`count` — whole numbers (sizes, counts, ``n_ctx``);
-- :func:`real` — finite real numbers (``scale``, ``temperature``);
+- :func:`real` — finite real numbers (``strength``, ``temperature``);
 - :func:`choice` — one of a few names;
 - :func:`layers`, :func:`layer` — layer indices of a model;
-- :func:`positions` — a position selector, before a batch is known;
+- position selectors: :func:`icl_mech.positions.normalise` (before a batch is known);
 - :func:`tensor` — vectors and values: lists and numpy arrays become tensors, no 0-d,
   no NaN / inf, no ``meta`` device, no bool or complex;
 - :func:`device` — a torch device that exists here;
@@ -138,15 +138,6 @@ def layers(model, values, name: str = "layers", *, allow_empty: bool = False) ->
     return chosen
 
 
-def positions(selector, name: str = "positions", *, warn_empty: bool = True):
-    """A position selector, checked before any batch is known; returns it normalised (see
-    :func:`icl_mech.positions.normalise`). Ranges and shapes against a batch are checked by
-    :func:`icl_mech.positions.check` when an item's specs are built."""
-    from icl_mech.positions import normalise  # positions imports prompts, which imports us
-
-    return normalise(selector, name, warn_empty)
-
-
 def tensor(value, name: str, *, min_ndim: int = 1) -> Tensor:
     """A float tensor with at least ``min_ndim`` dimensions, finite, with real storage.
 
@@ -170,7 +161,7 @@ def tensor(value, name: str, *, min_ndim: int = 1) -> Tensor:
     if value.ndim < min_ndim:
         raise IclMechError(
             f"{name} is {shown(value)} with {value.ndim} dimensions; expected at least "
-            f"{min_ndim} (a vector [d], or [batch, d]); for a scalar strength use scale="
+            f"{min_ndim} (a vector [d], or [batch, d]); for a scalar multiplier use strength="
         )
     if value.numel() == 0:
         raise IclMechError(f"{name} is empty ({shown(value)})")

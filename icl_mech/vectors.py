@@ -9,7 +9,14 @@
 - ``metadata()``: its provenance — model, d_model, n_layers (n_heads where it matters), hook
   points, layers, positions, seed, plus its own fields;
 - ``from_data(tensors, provenance)``: how to rebuild it;
-- ``intervention(...)``: the registry Intervention that applies it.
+- ``build(*, layers, strength, positions, **own)``: the registry Intervention that applies it.
+
+Every kind speaks one vocabulary, keyword-only, in ``intervention(...)`` and ``apply(...)``:
+``layer=`` (one layer) or ``layers=`` (several), ``strength=`` (the one multiplier word: 0
+changes nothing, 1 is the vector as extracted) and ``positions=``; a kind may add its own
+keywords (``mode`` of a task vector, ``cache`` of a trained β). A positional argument is a
+``TypeError`` that names the keywords. ``apply`` attaches at once and returns a handle: use it
+with ``with`` (detached at the end of the block) or call ``remove()``; it is never a no-op.
 
 On disk: ``<stem>.safetensors`` holds the tensors and, in its header (key
 ``icl_mech_provenance``), the provenance as JSON; ``<stem>.json`` is a readable copy. A missing
@@ -23,62 +30,27 @@ vector is an error at construction and again whenever an intervention is built.
 
 from __future__ import annotations
 
-import functools
-import json
-import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from icl_mech.errors import IclMechError
+from icl_mech.errors import IclMechError, close_matches
 from icl_mech.hooks import attach
+from icl_mech.vector_files import HEADER_KEY, OWNERS, dumps, plain, read, vector_paths
+from icl_mech.version import __version__
 
-HEADER_KEY = "icl_mech_provenance"
-_LEGACY_HEADER_KEYS = ("provenance",)  # TaskVector files of 0.1.0
 FIT_QUANTITIES = {"d_model": "width", "n_layers": "depth", "n_heads": "head count"}
-_OWNERS: dict[str, str] = {}  # kind -> class name, for "read it with X.load"
 
 
 def package_version() -> str:
-    from icl_mech import __version__
-
     return __version__
-
-
-def vector_paths(path: str | Path) -> tuple[Path, Path]:
-    """``(<stem>.safetensors, <stem>.json)`` for a stem or either file's path."""
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
-
-
-def plain(value: Any) -> Any:
-    """``value`` as strict JSON data: NaN and ±inf → None, tuples → lists, paths → str."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [plain(v) for v in value]
-    if getattr(value, "shape", None) == () and hasattr(value, "item"):  # 0-d tensor, numpy scalar
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return str(value)
-
-
-def dumps(value: Any, **options) -> str:
-    """Strict JSON (never NaN/Infinity tokens) of ``plain(value)``."""
-    return json.dumps(plain(value), allow_nan=False, sort_keys=True, **options)
 
 
 def model_name(model) -> str:
@@ -94,17 +66,7 @@ class Vector(ABC):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for kind in cls.KINDS:
-            _OWNERS[kind] = cls.__name__
-        own = cls.__dict__.get("intervention")
-        if own is not None and not getattr(own, "_checks_finite", False):
-
-            @functools.wraps(own)
-            def intervention(self, *args, **how):
-                self.check_finite()
-                return own(self, *args, **how)
-
-            intervention._checks_finite = True
-            cls.intervention = intervention
+            OWNERS[kind] = cls.__name__
 
     def __post_init__(self):
         self.check_finite()
@@ -127,8 +89,56 @@ class Vector(ABC):
         """The vector rebuilt from its saved tensors and provenance."""
 
     @abstractmethod
+    def build(self, *, layers: tuple[int, ...] | None, **how):
+        """The registry Intervention for resolved keywords: ``layers`` (None: the kind's
+        default), and ``strength`` / ``positions`` / the kind's own keywords when given."""
+
+    OWN_KEYWORDS: ClassVar[tuple[str, ...]] = ()  # a kind's keywords beyond the vocabulary
+
     def intervention(self, *args, **how):
-        """The registry Intervention that applies this vector."""
+        """The registry Intervention that applies this vector; keyword-only:
+        ``layer=`` or ``layers=``, ``strength=``, ``positions=`` (and the kind's own)."""
+        self._keywords_only("intervention", args)
+        layers = self._layers(how)
+        self._known_keywords("intervention", how)
+        self.check_finite()
+        return self.build(layers=layers, **how)
+
+    def _keywords_only(self, method: str, args: tuple) -> None:
+        if args:
+            own = "".join(f", {k}=..." for k in self.OWN_KEYWORDS)
+            model = "model, " if method == "apply" else ""
+            raise TypeError(
+                f"{type(self).__name__}.{method}() takes keyword arguments only, got "
+                f"positional {list(args)!r}; call {method}({model}layer=... or layers=..., "
+                f"strength=..., positions=...{own})"
+            )
+
+    def _layers(self, how: dict) -> tuple[int, ...] | None:
+        layer, layers = how.pop("layer", None), how.pop("layers", None)
+        name = type(self).__name__
+        if layer is not None and layers is not None:
+            raise TypeError(f"{name}: give layer= (one layer) or layers= (several), not both")
+        if layer is not None:
+            layers = (layer,)
+        elif layers is not None:
+            layers = (layers,) if isinstance(layers, int) else tuple(layers)
+        for value in layers or ():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise IclMechError(f"{name}: layers must be ints, got {value!r}")
+        return layers
+
+    def _known_keywords(self, method: str, how: dict) -> None:
+        accepted = ("strength", "positions", *self.OWN_KEYWORDS)
+        for key in how:
+            if key not in accepted:
+                close = ["strength"] if key in _MULTIPLIER_WORDS else []
+                close = close or close_matches(key, ("layer", "layers", *accepted), 1)
+                hint = f"; did you mean {close[0]}=?" if close else ""
+                raise TypeError(
+                    f"{type(self).__name__}.{method}() got an unexpected keyword {key!r}"
+                    f"{hint} (keywords: layer, layers, {', '.join(accepted)})"
+                )
 
     def record(self) -> dict:
         """The provenance as written to disk (strict JSON data)."""
@@ -176,13 +186,17 @@ class Vector(ABC):
             raise IclMechError(f"{message}; pass strict=False to use it anyway (with a warning)")
         warnings.warn(message, UserWarning, stacklevel=3)
 
-    @contextmanager
-    def apply(self, model, *args, strict: bool = True, batch=None, **how) -> Iterator:
-        """``with vector.apply(model, ...):`` — ``intervention(*args, **how)`` attached for the
-        block (``batch`` for interventions that need a PromptBatch's positions)."""
+    def apply(self, *args, strict: bool = True, batch=None, **how) -> Applied:
+        """Attach ``intervention(**how)`` to the model now; returns a handle to use with
+        ``with vector.apply(model, layer=..., strength=...) as hooked:`` (detached at the end
+        of the block) or to ``remove()``. ``batch``: a PromptBatch, for interventions that
+        need its positions."""
+        if not args:
+            raise TypeError(f"{type(self).__name__}.apply() needs the model as first argument")
+        model, args = args[0], args[1:]
+        self._keywords_only("apply", args)
         self.check_fits(model, strict)
-        with attach(model, self.intervention(*args, **how), batch=batch) as hooked:
-            yield hooked
+        return Applied(model, self.intervention(**how), batch)
 
     def save(self, path: str | Path) -> Path:
         """Write ``<stem>.safetensors`` and ``<stem>.json``; returns the former."""
@@ -199,7 +213,7 @@ class Vector(ABC):
     def load(cls, path: str | Path, model=None, strict: bool = True):
         """Read a saved vector; with ``model``, refuse one that does not fit it."""
         tensor_path, json_path = vector_paths(path)
-        tensors, info = _read(cls, tensor_path, json_path)
+        tensors, info = read(cls, tensor_path, json_path)
         where = repr(str(tensor_path))
         try:
             vector = cls.from_data(tensors, info)
@@ -218,58 +232,32 @@ class Vector(ABC):
         return vector
 
 
-def _read(cls, tensor_path: Path, json_path: Path) -> tuple[dict[str, Tensor], dict]:
-    where = repr(str(tensor_path))
-    if not tensor_path.is_file():
-        raise IclMechError(f"no saved vector at {where}: the file does not exist")
-    try:
-        with safe_open(str(tensor_path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # safetensors raises its own types for a bad file
-        raise IclMechError(
-            f"{where} is not a readable {cls.__name__} file ({error}): the safetensors file is "
-            "truncated or corrupt; save the vector again"
-        ) from None
-    text = next((header[k] for k in (HEADER_KEY, *_LEGACY_HEADER_KEYS) if k in header), None)
-    stored = None if text is None else _parse(text, f"the header of {where}")
-    if json_path.is_file():
-        sidecar = _parse(json_path.read_text(), repr(str(json_path)))
-        if stored is not None and plain(stored) != plain(sidecar):
-            keys = sorted(k for k in {*stored, *sidecar} if stored.get(k) != sidecar.get(k))
-            raise IclMechError(
-                f"{str(json_path)!r} disagrees with the provenance stored in {where} on {keys}: "
-                "the JSON sidecar was edited or belongs to another file; delete it (the "
-                "header is then used) or save the vector again"
-            )
-        stored = sidecar if stored is None else stored
-    expected = " or ".join(repr(k) for k in cls.KINDS)
-    if stored is None:
-        raise IclMechError(
-            f"{where} holds no icl_mech provenance (no header, no {json_path.name}): not a "
-            f"{expected} file ({cls.__name__})"
-        )
-    found = stored.get("kind")
-    if found not in cls.KINDS:
-        owner = _OWNERS.get(found)
-        hint = f"; read it with {owner}.load" if owner else ""
-        raise IclMechError(f"{where} holds a {found!r} vector, not a {expected} file{hint}")
-    if set(tensors) != set(cls.TENSORS):
-        raise IclMechError(
-            f"{where} holds the tensors {sorted(tensors)}, but a {cls.__name__} file holds "
-            f"{sorted(cls.TENSORS)} (missing: {sorted(set(cls.TENSORS) - set(tensors))})"
-        )
-    return tensors, stored
+_MULTIPLIER_WORDS = ("scale", "alpha", "lam", "lambda_", "lmbda", "coefficient", "multiplier")
 
 
-def _parse(text: str, where: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise IclMechError(
-            f"{where} is not valid JSON ({error}); delete the sidecar to recover it from the "
-            "safetensors header, or save the vector again"
-        ) from None
-    if not isinstance(value, dict):
-        raise IclMechError(f"{where} holds JSON {type(value).__name__}, not a provenance object")
-    return value
+class Applied:
+    """A vector's hooks on one model, attached when ``apply`` is called. ``with`` detaches them
+    at the end of the block (on every exit path); ``remove()`` detaches them by hand. Handles
+    removed by hand must be removed in the reverse order of their ``apply``."""
+
+    def __init__(self, model, intervention, batch):
+        self._stack = ExitStack()
+        self.intervention = intervention
+        self.model = self._stack.enter_context(attach(model, intervention, batch=batch))
+        self.attached = True
+
+    def __enter__(self):
+        return self.model
+
+    def __exit__(self, *exc) -> bool:
+        self.remove()
+        return False
+
+    def remove(self) -> None:
+        if self.attached:
+            self.attached = False
+            self._stack.close()
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "removed"
+        return f"Applied({self.intervention!r}, {state})"

@@ -10,12 +10,14 @@ call the method working; ``"no"`` otherwise. Every verdict carries its evidence 
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from icl_mech.errors import IclMechError
+from icl_mech.runner import REPRODUCTIONS
 
 ANSWERS = ("yes", "weak", "no")
 RATIO_FLOOR = 0.5  # a task vector "works" once it reaches half of ICL's accuracy
@@ -178,7 +180,8 @@ def judge(headlines: dict, anchor_task: str = "sentiment", pair_set: str = "nega
             shallow_isolation_hurts_more(headlines, anchor_task),
         ]
     if "task-vectors" in headlines:
-        out += [task_vector_works(headlines, g) for g in ("city", "io")]
+        groups = [g for g in ("city", "io") if f"{g}_tasks_mean" in headlines["task-vectors"]]
+        out += [task_vector_works(headlines, g) for g in groups]
     if "icv" in headlines:
         out.append(icv_steers(headlines, pair_set))
     return out
@@ -186,8 +189,6 @@ def judge(headlines: dict, anchor_task: str = "sentiment", pair_set: str = "nega
 
 def from_reports(folder: str | Path, **options) -> list[Verdict]:
     """The verdicts of the full runs whose ``*report.json`` lie in ``folder``."""
-    from icl_mech.runner import REPRODUCTIONS
-
     headlines = {}
     for name, reproduction in REPRODUCTIONS.items():
         path = Path(folder) / f"{reproduction.prefix}report.json"
@@ -204,8 +205,6 @@ def to_frame(verdicts: list[Verdict]) -> pd.DataFrame:
 
 def table(verdicts: list[Verdict], width: int = 100) -> str:
     """The verdicts for a terminal: method, answer, evidence (wrapped)."""
-    import textwrap
-
     lines = []
     for v in verdicts:
         head = f"{v.method:<24s} {v.answer.upper():<5s} "

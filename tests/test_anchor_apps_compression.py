@@ -7,7 +7,6 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from icl_mech import HookSpec, IclMechError, PromptBatch, make, tasks, tiny_model
 from icl_mech.anchors.compression import (
-    ContinuePositions,
     anchor_keep,
     answer,
     encode_context,
@@ -26,11 +25,12 @@ from icl_mech.anchors.compression_experiment import (
     split_for_compression,
     text_anchor,
 )
+from icl_mech.anchors.positions_continued import ContinuePositions
 from icl_mech.anchors.readout import target_logits
 from icl_mech.evaluation import build_prompts
 from icl_mech.hooks import points
+from icl_mech.icl_prompt import ROLES, ICLPrompt
 from icl_mech.models import torch_threads
-from icl_mech.prompts import ROLES, ICLPrompt
 from icl_mech.stats import bootstrap
 
 

@@ -16,8 +16,8 @@ from icl_mech.anchors.diagnosis import (
     predicted_confusion,
 )
 from icl_mech.anchors.readout import target_logits
+from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.models import torch_threads
-from icl_mech.prompts import ICLPrompt
 
 CLASSES = ("a", "b", "c", "d")
 

@@ -25,7 +25,7 @@ from icl_mech.runner import reproduce
 
 TINY_RUN = dict(
     tasks=("sentiment",), n_test=4, n_seeds=1, epochs=1, n_draws=2, timing_queries=1, rounds=1,
-    diagnosis_tasks=("topic",), diagnosis_queries=8, scan=True,
+    diagnosis_tasks=("topic",), diagnosis_n_test=8, scan=True,
 )  # fmt: skip
 
 

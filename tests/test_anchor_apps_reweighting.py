@@ -23,8 +23,8 @@ from icl_mech.anchors.reweighting_experiment import (
 )
 from icl_mech.evaluation import build_prompts
 from icl_mech.hooks import points
+from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.models import torch_threads
-from icl_mech.prompts import ICLPrompt
 from icl_mech.stats import bootstrap, paired
 
 TASK = tasks.load("sentiment")

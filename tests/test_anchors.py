@@ -28,8 +28,9 @@ from icl_mech.anchors import (
 )
 from icl_mech.anchors.experiment import AnalysisSettings, analyse_prompts, task_prompts
 from icl_mech.hooks import points
+from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.models import tiny_model
-from icl_mech.prompts import ICLPrompt, PromptBatch
+from icl_mech.prompt_batch import PromptBatch
 from icl_mech.tasks import load
 
 
@@ -416,7 +417,7 @@ def test_bad_input_raises_clear_errors(tiny_llama):
     ):
         with pytest.raises(IclMechError, match="no label word"):
             call()
-    io = PromptBatch.from_prompts(model, task_prompts(load("antonym"), 1, 0, shots=2))
+    io = PromptBatch.from_prompts(model, task_prompts(load("antonym"), 1, 0, n_demonstrations=2))
     with pytest.raises(IclMechError, match="classification task"):
         saliency(model, io)
     with pytest.raises(IclMechError, match="anchors"):

@@ -5,7 +5,7 @@ import torch
 
 from icl_mech.anchors import flows, saliency, target_logits
 from icl_mech.anchors.experiment import AnalysisSettings, analyse_prompts, task_prompts
-from icl_mech.prompts import PromptBatch
+from icl_mech.prompt_batch import PromptBatch
 from icl_mech.tasks import load
 
 pytestmark = pytest.mark.embedded

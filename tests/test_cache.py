@@ -18,7 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from icl_mech import IclMechError, models, tiny, tiny_model
+from icl_mech import IclMechError, models, tiny_model
+from icl_mech.tiny_tokenizer import TINY_TOKENIZER, _train_tiny_tokenizer
 
 UNWRITABLE = "/proc/icl-mech-cache"  # /proc refuses new entries, even to root
 
@@ -122,7 +123,7 @@ def test_tiny_models_in_threads_share_one_tokenizer_build(tmp_path, monkeypatch,
     small = dict(n_layers=1, d_model=16, n_heads=2)
     with ThreadPoolExecutor(4) as pool:
         built = list(pool.map(lambda _: tiny_model("gpt2", **small), range(4)))
-    assert len(built) == 4 and _visible(tmp_path) == [tiny.TINY_TOKENIZER]
+    assert len(built) == 4 and _visible(tmp_path) == [TINY_TOKENIZER]
 
 
 def test_two_processes_build_the_tiny_tokenizer(tmp_path, monkeypatch, fresh_tokenizer):
@@ -138,7 +139,7 @@ def test_two_processes_build_the_tiny_tokenizer(tmp_path, monkeypatch, fresh_tok
     (folder,) = _visible(cache)
     assert {r["value"] for r in results} == {str(cache / folder)}
     retrained = tmp_path / "again"
-    tiny._train_tiny_tokenizer().save_pretrained(retrained)
+    _train_tiny_tokenizer().save_pretrained(retrained)
     kept = _digest(cache / folder)
     for name, digest in _digest(retrained).items():
         assert kept[name] == digest  # the files are the deterministic build's, whole

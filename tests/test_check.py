@@ -138,7 +138,7 @@ def test_report_files_are_self_contained(card, tmp_path):
 def test_cli_check_rejects_bad_settings_before_loading(capsys):
     assert main(["check", "--set", "icl_tasks=nope"]) == 2
     assert "icl_tasks" in capsys.readouterr().err
-    assert main(["check", "--set", "tv_test=0"]) == 2
+    assert main(["check", "--set", "tv_n_test=0"]) == 2
 
 
 def test_report_card_in_a_real_browser(card, tmp_path):

@@ -32,9 +32,9 @@ from icl_mech.anchors.reweighting import (
 )
 from icl_mech.evaluation import build_prompts
 from icl_mech.function_vectors.heads import CaptureHeads, PatchHeads
+from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.icv import ICV, ICVSteering
 from icl_mech.models import torch_threads
-from icl_mech.prompts import ICLPrompt
 from icl_mech.task_vectors.patching import AddToResidual, ReplaceResidual
 
 TASK = tasks.load("sentiment")
@@ -82,11 +82,11 @@ KINDS: dict[str, Kind] = {
     "task-vector": (lambda c: (3, c.d_model), lambda m, v: ReplaceResidual(v, layer=1)),
     "task-vector-add": (
         lambda c: (c.d_model,),
-        lambda m, v: AddToResidual({0: v, 2: -v}, scale=2.0, positions="all"),
+        lambda m, v: AddToResidual({0: v, 2: -v}, strength=2.0, positions="all"),
     ),
     "icv": (
         lambda c: (c.n_layers, c.d_model),
-        lambda m, v: ICVSteering(icv_of(m, v), strengths=0.5),
+        lambda m, v: ICVSteering(icv_of(m, v), strength=0.5),
     ),
     "patch-heads": (lambda c: (len(HEADS), c.d_head), lambda m, v: PatchHeads(HEADS, v, "all")),
     "anchor-reweight": (
@@ -122,7 +122,7 @@ def test_a_float32_vector_applies_to_a_float64_and_a_bfloat16_model(model64, mod
         batch = batch_for(model)
         logits = {}
         for dtype in (torch.float32, model.cfg.dtype):
-            with torch.no_grad(), icv_of(model, value.to(dtype)).apply(model, 0.3):
+            with torch.no_grad(), icv_of(model, value.to(dtype)).apply(model, strength=0.3):
                 logits[dtype] = model(batch.tokens, attention_mask=batch.attention_mask)
         assert logits[torch.float32].dtype == model.cfg.dtype
         torch.testing.assert_close(logits[torch.float32], logits[model.cfg.dtype])

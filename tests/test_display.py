@@ -19,7 +19,8 @@ from icl_mech.anchors.aucroc import AnchorAuc
 from icl_mech.anchors.flows import FLOWS, Flows
 from icl_mech.anchors.loyalty import CONDITIONS, Loyalty
 from icl_mech.icv.vector import ICV
-from icl_mech.runner import Report, settings_for
+from icl_mech.report import Report
+from icl_mech.runner import settings_for
 from icl_mech.show import cards
 from icl_mech.task_vectors.results import CONDITIONS as TV_CONDITIONS
 from icl_mech.task_vectors.results import TaskResult, TaskVectorResults

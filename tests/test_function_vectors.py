@@ -25,8 +25,9 @@ from icl_mech.function_vectors import (
 from icl_mech.function_vectors.evaluate import demonstrations_of
 from icl_mech.function_vectors.figures import accuracy_bars, indirect_effect_map, layer_curves
 from icl_mech.function_vectors.results import CONDITIONS
+from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.models import torch_threads
-from icl_mech.prompts import Demonstration, ICLPrompt
+from icl_mech.prompts import Demonstration
 from icl_mech.runner import reproduce
 
 TOL = 1e-5
@@ -150,7 +151,7 @@ def test_function_vector_of_no_heads_is_zero_and_changes_no_logit(tiny, task):
         assert empty.heads == () and torch.equal(empty.values, torch.zeros(tiny.cfg.d_model))
         with torch.no_grad():
             for layer in range(tiny.cfg.n_layers):
-                patched = run(tiny, batch, empty.intervention(layer))
+                patched = run(tiny, batch, empty.intervention(layer=layer))
                 torch.testing.assert_close(patched, run(tiny, batch), atol=0, rtol=0)
 
 
@@ -188,7 +189,7 @@ def test_function_vector_is_the_sum_of_its_heads_and_adds_at_the_last_token(tiny
     before, after = Capture(point, positions="all"), Capture(point, positions="all")
     with torch.no_grad():
         run(tiny_llama, batch, before)
-        run(tiny_llama, batch, vector.intervention(1, scale=2.0), after)
+        run(tiny_llama, batch, vector.intervention(layer=1, strength=2.0), after)
     delta = after.activations[point] - before.activations[point]
     torch.testing.assert_close(delta[:, -1], 2 * vector.values.expand(len(batch), -1))
     assert float(delta[:, :-1].abs().max()) == 0
@@ -314,9 +315,11 @@ def test_too_few_training_examples_for_the_prompts_is_refused_before_any_forward
     tiny_llama, monkeypatch
 ):
     _no_forward(monkeypatch, tiny_llama)
-    settings = Settings(tasks=("next_letter",), n_prompts=1000)
-    with pytest.raises(IclMechError, match=r"n_prompts=1000, but task 'next_letter' leaves \d+"):
-        evaluate(tiny_llama, [tasks.load("next_letter")], settings, progress=False)
+    with pytest.raises(IclMechError, match=r"'next_letter'.* lower n_prompts to \d+"):
+        Settings(tasks=("next_letter",), n_prompts=1000)  # refused with the settings
+    with pytest.raises(IclMechError, match=r"'next_letter'.* lower n_prompts to \d+"):
+        evaluate(tiny_llama, [tasks.load("next_letter")], Settings(n_prompts=60,
+                 tasks=("antonym",)), progress=False)  # fits antonym, not next_letter  # fmt: skip
 
 
 def test_a_bridge_is_refused_with_the_reason_before_any_forward(task):
@@ -335,7 +338,7 @@ def test_settings_validate_before_model_work():
         dict(k=-1),
         dict(tasks=("sentiment",)),
         dict(n_prompts=0),
-        dict(scale=float("nan")),
+        dict(strength=float("nan")),
     ):
         with pytest.raises(IclMechError):
             Settings.quick(**bad)

@@ -226,7 +226,8 @@ def test_mismatched_dimensions_raise_clear_errors():
 
 
 def test_hook_points_work_with_attach_and_capture():
-    from icl_mech.hooks import Capture, HookSpec, attach
+    from icl_mech.hooks import HookSpec, attach
+    from icl_mech.interventions import Capture
 
     model = LinearSelfAttentionModel(LSAConfig(d_in=4, n_layers=2, init_std=0.3))
     tokens = RegressionTasks(d_in=4, n_context=6).sample(3, make_generator(0)).tokens()

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from sklearn.decomposition import PCA
 
 from icl_mech import Capture, HookSpec, IclMechError, attach, make, tasks, tiny_model
+from icl_mech.activations import last_token_states
 from icl_mech.batching import TextBatch
 from icl_mech.hooks import points
 from icl_mech.icv import (
@@ -18,7 +19,6 @@ from icl_mech.icv import (
     extract_icv,
     first_component,
     generate,
-    last_token_states,
     steer,
 )
 from icl_mech.models import torch_threads
@@ -145,13 +145,13 @@ def test_layer_subset_only_touches_those_layers(tiny_llama, icvs):
 def test_catalogue_and_apply_equal_the_intervention(tiny_llama, icvs):
     icv = icvs["llama"][0]
     direct = forward(tiny_llama, PROMPTS, ICVSteering(icv, 0.1))
-    from_catalogue = forward(tiny_llama, PROMPTS, make("icv", icvs=icv, strengths=0.1))
+    from_catalogue = forward(tiny_llama, PROMPTS, make("icv", icvs=icv, strength=0.1))
     batch = TextBatch.from_texts(tiny_llama, PROMPTS)
-    with torch.no_grad(), icv.apply(tiny_llama, 0.1):
+    with torch.no_grad(), icv.apply(tiny_llama, strength=0.1):
         applied = tiny_llama(batch.tokens, attention_mask=batch.attention_mask)
     torch.testing.assert_close(from_catalogue, direct, atol=0, rtol=0)
     torch.testing.assert_close(applied, direct, atol=0, rtol=0)
-    assert "strengths=[0.1" in repr(ICVSteering(icv, 0.1))
+    assert "strength=[0.1" in repr(ICVSteering(icv, 0.1))
 
 
 def test_positions_outside_generation(tiny_llama, icvs):

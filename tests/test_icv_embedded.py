@@ -77,7 +77,7 @@ def test_hook_steering_equals_wrapped_hugging_face_mlps(embedded, sentiment_icvs
             handle.remove()
     with torch.no_grad():
         plain = hf_model(tokens).logits
-        with sentiment_icvs[0].apply(embedded, 0.0):
+        with sentiment_icvs[0].apply(embedded, strength=0.0):
             unsteered = embedded(tokens)
         steering = ICVSteering(list(sentiment_icvs), strengths)
         with attach(embedded, steering):

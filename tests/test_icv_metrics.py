@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from icl_mech import IclMechError, tasks
 from icl_mech.batching import TextBatch
 from icl_mech.icv import paraphrase_prompt, text_metrics
-from icl_mech.icv.evaluate import StyleEvaluation, first_line, split_pairs, style_scores
-from icl_mech.icv.reproduce import Settings
+from icl_mech.icv.evaluate import first_line, split_pairs, style_scores
+from icl_mech.icv.results import StyleEvaluation
+from icl_mech.icv.settings import Settings
 from icl_mech.models import torch_threads
-from icl_mech.runner import markdown
+from icl_mech.report import markdown
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from icl_mech.anchors.flows import Flows
 from icl_mech.anchors.loyalty import CONDITIONS, Loyalty
 from icl_mech.evaluation import AccuracyResult
 from icl_mech.icv import text_metrics
-from icl_mech.icv.evaluate import StyleEvaluation, corpus_bleu_interval
+from icl_mech.icv.results import StyleEvaluation, corpus_bleu_interval
 
 
 def _loyalty(n, seed=0, repeats=1):

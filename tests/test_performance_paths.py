@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from icl_mech import Capture, HookSpec, IclMechError, PromptBatch, attach, tasks, tiny_model
-from icl_mech.anchors import saliency
+from icl_mech.anchors import row_groups, saliency
 from icl_mech.anchors.experiment import task_prompts
-from icl_mech.hooks import AddVector
 from icl_mech.icv import ICVSteering, extract_icv, generate
 from icl_mech.icv.steering import unit
+from icl_mech.interventions import AddVector
 from icl_mech.layout import lay_out, linear_layout
 from icl_mech.models import torch_threads
 
@@ -75,7 +75,7 @@ def test_lean_saliency_with_any_top_segment_equals_full(tiny_llama, monkeypatch,
 def test_lean_saliency_applies_items_once(tiny_llama):
     """An intervention on hook_resid_pre (the point the lean path keeps) acts once."""
     batch = sentiment_batch(tiny_llama, n=3)
-    push = AddVector("blocks.1.hook_resid_pre", torch.randn(tiny_llama.cfg.d_model), scale=3.0)
+    push = AddVector("blocks.1.hook_resid_pre", torch.randn(tiny_llama.cfg.d_model), strength=3.0)
     full = saliency(tiny_llama, batch, push)
     lean = saliency(tiny_llama, batch, push, memory="lean")
     plain = saliency(tiny_llama, batch)
@@ -89,8 +89,8 @@ def test_rows_grouped_by_length_equal_one_padded_pass(tiny, monkeypatch):
     one_pass = saliency(
         tiny, batch, AddVector("blocks.0.hook_resid_pre", torch.zeros(tiny.cfg.d_model))
     )
-    monkeypatch.setattr(saliency_module, "PASS_OVERHEAD_TOKENS", 0)  # a group per length
-    groups = saliency_module._length_groups(tiny, batch)
+    monkeypatch.setattr(row_groups, "PASS_OVERHEAD_TOKENS", 0)  # a group per length
+    groups = row_groups.length_groups(tiny, batch)
     assert len(groups) > 1 and sorted(sum(groups, [])) == list(range(len(batch)))
     for memory in ("full", "lean"):
         grouped = saliency(tiny, batch, memory=memory)

@@ -48,9 +48,9 @@ from icl_mech.anchors.reweighting import AnchorReweighting, anchor_columns, trai
 from icl_mech.backends import TL_MAJOR, backend_of, is_bridge
 from icl_mech.batching import encode_text
 from icl_mech.evaluation import build_prompts
+from icl_mech.icl_prompt import ROLES, ICLPrompt
 from icl_mech.icv import SENTIMENT_PAIRS, ICVSteering, extract_icv, generate
 from icl_mech.models import GEMMA_NAME, torch_threads
-from icl_mech.prompts import ROLES, ICLPrompt
 from icl_mech.task_vectors import (
     ReplaceResidual,
     extract,
@@ -277,7 +277,7 @@ def test_registry(models, memo, column):
     resid = f"blocks.{layer}.hook_resid_post"
     with torch.no_grad():
         patched = target_logits(model, batch, Patch(resid, acts[resid], positions="all"))
-        unscaled = AddVector(resid, torch.ones(model.cfg.d_model), scale=0.0)
+        unscaled = AddVector(resid, torch.ones(model.cfg.d_model), strength=0.0)
         added = target_logits(model, batch, unscaled)
     close(patched, base, scale, 1e-5)  # patching a prompt's own state changes nothing
     close(added, base, scale, 1e-5)
@@ -554,7 +554,7 @@ def test_bridge_refusals_are_clear(models, column):
     model = models[column]
     if not is_bridge(model):
         pytest.skip("a hooked model")
-    from icl_mech.anchors.compression import ContinuePositions
+    from icl_mech.anchors.positions_continued import ContinuePositions
 
     batch = batch_of(model, sentiment_prompts(1))
     mask = torch.ones(1, 2, dtype=torch.long)

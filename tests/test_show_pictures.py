@@ -162,7 +162,7 @@ def test_a_task_vector_patch_is_one_position_at_one_layer_per_row(model, batch):
     layer = model.cfg.n_layers // 2
     values = torch.randn(len(batch), model.cfg.n_layers, model.cfg.d_model)
     theta = TaskVector(values, range(model.cfg.n_layers), {"task": "made-up"})
-    sites = record_sites(model, batch, theta.intervention(layer))
+    sites = record_sites(model, batch, theta.intervention(layer=layer))
     frame = sites.to_frame()
     targets = [row.target for row in batch.rows]
     assert sorted(zip(frame["layer"], frame["row"], frame["position"])) == [
@@ -235,7 +235,7 @@ def test_no_op_items_record_no_sites(model, batch, icv):
     with torch.no_grad():
         run(model, batch, capture)
     same = Patch(point, capture.activations[point], positions="all")
-    zero = AddVector(point, torch.randn(model.cfg.d_model), scale=0.0)
+    zero = AddVector(point, torch.randn(model.cfg.d_model), strength=0.0)
     sites = record_sites(model, batch, ICVSteering(icv, 0.0), same, zero)
     assert len(sites) == 0 and sites.to_frame().empty
     assert len(sites.changed) == 2  # both hooks ran, none changed; λ = 0 attaches no hook

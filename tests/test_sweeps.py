@@ -238,7 +238,7 @@ def test_two_sweeps_sharing_a_store_run_each_cell_once(tmp_path):
 
 BAD_GRIDS = [
     (dict(method="nope"), ["'nope'", "task-vectors"]),
-    (dict(tasks=["country_capital", "no_such_task"]), ["no_such_task", "antonym"]),
+    (dict(tasks=["country_capital", "no_such_task"]), ["no_such_task", "tasks.names()"]),
     (dict(settings={"n_devv": 3}), ["n_devv", "n_dev"]),
     (dict(settings={"n_dev": "three"}), ["n_dev='three'", "int"]),
     (dict(seeds=[]), ["'seeds'", "empty"]),

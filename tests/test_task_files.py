@@ -121,12 +121,12 @@ def test_end_to_end_icl_accuracy_and_task_vectors(tmp_path, tiny_llama):
     rows = [{"input": w, "output": w.upper()} for w in ("hot", "cold", "up", "down", "big")]
     rows += [{"input": f"word{i}", "output": f"WORD{i}"} for i in range(11)]
     task = tasks.from_file(_json(tmp_path / "upper.json", rows))
-    result = icl_accuracy(tiny_llama, task, shots=2, n_queries=4, progress=False)
+    result = icl_accuracy(tiny_llama, task, n_demonstrations=2, n_test=4, progress=False)
     assert len(result.to_frame()) == 4 and 0 <= result.accuracy <= 1
     vector = extract(tiny_llama, task, sample_sets(task, n_sets=2, n_demonstrations=3))
     assert vector.values.shape == (2, tiny_llama.cfg.n_layers, tiny_llama.cfg.d_model)
 
     labelled = [{"input": f"sentence {i}", "output": ["yes", "no"][i % 2]} for i in range(8)]
     classified = tasks.from_file(_csv(tmp_path / "yes_no.csv", labelled), classes="infer")
-    result = icl_accuracy(tiny_llama, classified, shots=1, n_queries=4, progress=False)
+    result = icl_accuracy(tiny_llama, classified, n_demonstrations=1, n_test=4, progress=False)
     assert result.n_classes == 2 and len(result.gold) == 4

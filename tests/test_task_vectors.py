@@ -7,9 +7,10 @@ import torch
 from matplotlib.figure import Figure
 
 from icl_mech import IclMechError, PromptBatch, attach, make, run, tasks, tiny_model
+from icl_mech.activations import last_token_states
 from icl_mech.batching import batched
+from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.models import torch_threads
-from icl_mech.prompts import ICLPrompt
 from icl_mech.runner import reproduce
 from icl_mech.task_vectors import (
     AddToResidual,
@@ -21,7 +22,6 @@ from icl_mech.task_vectors import (
     evaluate,
     extract,
     greedy,
-    last_token_states,
     mean_difference,
     naive_sweep_logits,
     sample_sets,
@@ -97,7 +97,7 @@ def test_patching_theta_of_the_prompt_itself_changes_nothing(tiny, task):
     with torch.no_grad():
         clean = run(tiny, batch)
         for layer in range(tiny.cfg.n_layers):
-            patched = run(tiny, batch, theta.intervention(layer))
+            patched = run(tiny, batch, theta.intervention(layer=layer))
             torch.testing.assert_close(patched, clean, atol=1e-5, rtol=1e-5)
         zero = AddToResidual({0: torch.zeros(tiny.cfg.d_model), 2: torch.zeros(tiny.cfg.d_model)})
         torch.testing.assert_close(run(tiny, batch, zero), clean)
@@ -108,7 +108,7 @@ def test_replacement_matches_hook_free_reference(tiny, task):
     theta = extract(tiny, task, _sets(task, n_sets=len(batch)))
     layer = 1
     with torch.no_grad():
-        patched = run(tiny, batch, theta.intervention(layer))[:, -1]
+        patched = run(tiny, batch, theta.intervention(layer=layer))[:, -1]
         resid = _resid_after(tiny, batch.tokens, batch.attention_mask, layer).clone()
         resid[:, -1] = theta.at(layer)
         reference = tiny(resid, start_at_layer=layer + 1, attention_mask=batch.attention_mask)
@@ -121,8 +121,8 @@ def test_replacement_matches_hook_free_reference(tiny, task):
 def test_cached_sweep_equals_naive_per_layer_patching(tiny, task, mode, groups):
     batch = _zero_shot_batch(tiny, task)
     theta = extract(tiny, task, _sets(task, n_sets=len(batch)))
-    cached = sweep_logits(tiny, batch, theta.values, mode, scale=0.7, groups=groups)
-    naive = naive_sweep_logits(tiny, batch, theta.values, mode, scale=0.7)
+    cached = sweep_logits(tiny, batch, theta.values, mode, strength=0.7, groups=groups)
+    naive = naive_sweep_logits(tiny, batch, theta.values, mode, strength=0.7)
     assert cached.shape == (tiny.cfg.n_layers, len(batch), tiny.cfg.d_vocab)
     torch.testing.assert_close(cached, naive, atol=TOL, rtol=0)
     assert not torch.allclose(cached[0], cached[-1])  # each block was patched at its own layer
@@ -153,7 +153,7 @@ def test_greedy_continuation_matches_recomputed_reference(tiny, task):
     batch = _zero_shot_batch(tiny, task, n=3)
     theta = extract(tiny, task, _sets(task, n_sets=3))
     layer, steps = 1, 4
-    out = greedy(tiny, batch, theta.intervention(layer), max_new_tokens=steps)
+    out = greedy(tiny, batch, theta.intervention(layer=layer), max_new_tokens=steps)
     tokens, mask = batch.tokens, batch.attention_mask
     last = batch.seq_len - 1  # the prompt's last token: the only position patched
     with torch.no_grad():
@@ -230,7 +230,7 @@ def test_clear_errors_before_any_forward(tiny_llama, task):
         sweep_logits(tiny_llama, batch, torch.zeros(3, d), groups=4)
     theta = extract(tiny_llama, task, _sets(task, n_sets=2))
     with pytest.raises(IclMechError, match="replacement patches one layer"):
-        theta.intervention([0, 1])
+        theta.intervention(layers=[0, 1])
     with pytest.raises(IclMechError, match="not 5"):
         theta.at(5)
     with pytest.raises(IclMechError, match="n_dummies"):
@@ -244,9 +244,9 @@ def test_apply_patches_only_inside_the_block(tiny_llama, task):
     theta = extract(tiny_llama, task, _sets(task, n_sets=2)).mean()
     with torch.no_grad():
         clean = run(tiny_llama, batch)
-        with theta.apply(tiny_llama, 1) as hooked:
+        with theta.apply(tiny_llama, layer=1) as hooked:
             inside = hooked(batch.tokens, attention_mask=batch.attention_mask)
-        torch.testing.assert_close(inside, run(tiny_llama, batch, theta.intervention(1)))
+        torch.testing.assert_close(inside, run(tiny_llama, batch, theta.intervention(layer=1)))
         torch.testing.assert_close(run(tiny_llama, batch), clean)
     assert not torch.allclose(inside, clean)
 
@@ -276,7 +276,7 @@ def test_protocol_conflicts_and_reproduce_on_tiny(tiny_llama, tmp_path):
         test_data = prepare(tiny_llama, task, train, test.examples, protocol, protocol.seed + 12)
         replaced, zero_shot, texts = [], [], []
         for index, batch in batched(tiny_llama, test_data.zero_shot, 4):
-            patch = test_data.theta.select(index).intervention(result.layer_replace)
+            patch = test_data.theta.select(index).intervention(layer=result.layer_replace)
             gold, steps = test_data.gold[index], protocol.max_new_tokens
             patched = greedy(tiny_llama, batch, patch, max_new_tokens=steps)
             replaced += (patched.first_tokens == gold).tolist()

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from icl_mech import IclMechError, PromptBatch, tasks
+from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.models import torch_threads
-from icl_mech.prompts import ICLPrompt
 from icl_mech.task_vectors import (
     Settings,
     TaskVector,

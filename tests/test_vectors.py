@@ -11,13 +11,14 @@ from safetensors.torch import save_file
 from icl_mech import IclMechError, PromptBatch, run, tasks, tiny_model
 from icl_mech.activations import read_activations, stop_layer
 from icl_mech.anchors.reweighting import TrainedBeta
-from icl_mech.batching import TextBatch, batched, pad_token_id
+from icl_mech.batching import TextBatch, batched
 from icl_mech.hooks import points
+from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.icv import ICV, extract_icv
 from icl_mech.models import torch_threads
-from icl_mech.prompts import ICLPrompt
+from icl_mech.padding import pad_token_id
 from icl_mech.task_vectors import TaskVector, draw_dummies, extract, mean_difference
-from icl_mech.vectors import HEADER_KEY
+from icl_mech.vector_files import HEADER_KEY
 
 PAIRS = tasks.load_pairs("negative_positive")[:5]
 ANTONYM = tasks.load("antonym").with_examples(tasks.load("antonym").examples[:40])
@@ -63,17 +64,17 @@ def _use(kind, model):
         demos = [SENTIMENT.examples[0], SENTIMENT.examples[1]]
         queries = SENTIMENT.examples[4:7]
         prompts = [ICLPrompt.build(SENTIMENT, demos, q) for q in queries]
-        return {"batch": PromptBatch.from_prompts(model, prompts)}, ()
+        return {"batch": PromptBatch.from_prompts(model, prompts)}, {}
     prompts = [ICLPrompt.zero_shot(ANTONYM, q) for q in ANTONYM.examples[30:33]]
     batch = PromptBatch.from_prompts(model, prompts)  # one row per demonstration set of θ
-    args = {"theta": (1,), "mean-difference": (1, "add"), "icv": (0.2,)}[kind]
-    return {"batch": batch}, args
+    how = {"theta": {"layer": 1}, "mean-difference": {"layer": 1}, "icv": {"strength": 0.2}}
+    return {"batch": batch}, how[kind]
 
 
 def _logits(vector, model, kind, **options):
-    how, args = _use(kind, model)
-    batch = how["batch"]
-    with torch.no_grad(), vector.apply(model, *args, batch=batch, **options) as hooked:
+    given, how = _use(kind, model)
+    batch = given["batch"]
+    with torch.no_grad(), vector.apply(model, batch=batch, **how, **options) as hooked:
         return hooked(batch.tokens, attention_mask=batch.attention_mask)
 
 
@@ -119,7 +120,7 @@ def test_another_width_or_depth_is_refused_naming_both_models(kind, vectors, tmp
     with pytest.raises(IclMechError, match=r"tiny-llama-3L.*depth 3.*tiny-llama-4L.*n_layers 4"):
         type(vector).load(path, model=deep)
     with pytest.raises(IclMechError, match="depth 3"):
-        with vector.apply(deep, *_use(kind, deep)[1]):
+        with vector.apply(deep, **_use(kind, deep)[1]):
             pass
 
 
@@ -258,7 +259,7 @@ def test_non_finite_values_are_refused(bad, vectors, tiny_llama):
     mutated = TaskVector(theta.values.clone(), theta.layers, dict(theta.provenance))
     mutated.values[0, 0, 0] = bad
     with pytest.raises(IclMechError, match="NaN or inf"):
-        mutated.intervention(1)
+        mutated.intervention(layer=1)
     beta = _beta(tiny_llama)
     beta.beta[0, 0, 0] = bad
     with pytest.raises(IclMechError, match="TrainedBeta.beta"):

@@ -2,6 +2,7 @@
 AUC-ROC_l and R_l, as registry probes and interventions for any TransformerLens model."""
 
 from .aucroc import AnchorAuc, QueryAttention, anchor_auc, class_scores, cumulative_ratio, roc_auc
+from .evaluate import AnchorResults, evaluate
 from .experiment import AnalysisSettings, TaskAnalysis, analyse_prompts, analyse_task
 from .flows import FLOWS, Flows, flow_values, flows
 from .isolation import (
@@ -20,6 +21,7 @@ __all__ = [
     "FLOWS",
     "AnalysisSettings",
     "AnchorAuc",
+    "AnchorResults",
     "Flows",
     "Isolate",
     "IsolateLabelWords",
@@ -36,6 +38,7 @@ __all__ = [
     "class_scores",
     "cumulative_ratio",
     "deep_layers",
+    "evaluate",
     "flow_values",
     "flows",
     "isolation_loyalty",

@@ -24,10 +24,10 @@ from jaxtyping import Float, Int
 from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
-from icl_mech import stats
+from icl_mech import display, stats
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Probe, points, register
-from icl_mech.prompts import PromptBatch
+from icl_mech.prompt_batch import PromptBatch
 
 from .loyalty import query_texts
 from .readout import (
@@ -160,19 +160,7 @@ class AnchorAuc:
 
     def _repr_html_(self) -> str:
         """AUC-ROC_l with its 95% interval over queries and R_l per layer, and Fig. 5."""
-        from icl_mech.show import cards
-
-        from .figures import auc_figure
-
-        frame = self.to_frame()
-        items = {"task": self.task, "examples": len(self.scores), "n (queries)": frame["n"][0]}
-        return cards.card(
-            "AnchorAuc: attention of q on the label words predicts the output "
-            "(AUC-ROC_l [95% interval], R_l)",
-            cards.table(frame[["layer", "auc", "auc_low", "auc_high", "R"]]),
-            cards.figure(auc_figure([self]), "AUC-ROC and R per layer"),
-            items=items | {"classes": self.scores.shape[-1], "average": self.average},
-        )
+        return display.html(self)
 
     def auc(self) -> Float[Tensor, " layer"]:
         if self.average not in ("pooled", "macro"):

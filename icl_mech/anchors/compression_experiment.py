@@ -31,7 +31,9 @@ from icl_mech.anchors.loyalty import label_loyalty, top_k_jaccard
 from icl_mech.anchors.readout import target_logits
 from icl_mech.batching import index_batches
 from icl_mech.errors import IclMechError
-from icl_mech.prompts import ROLES, ICLPrompt, PromptBatch, Task
+from icl_mech.icl_prompt import ROLES, ICLPrompt
+from icl_mech.prompt_batch import PromptBatch
+from icl_mech.prompts import Task
 from icl_mech.stats import summarise, with_intervals
 
 # what each Hidden_anchor variant keeps: the paper's (label words only) and ours (label words,

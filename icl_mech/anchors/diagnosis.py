@@ -28,13 +28,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icl_mech.anchors.aucroc import roc_auc
-from icl_mech.anchors.compression import ContextCache, answer, encode_shared, rotate
+from icl_mech.anchors.compression import ContextCache, answer, encode_shared
+from icl_mech.anchors.positions_continued import rotate
 from icl_mech.anchors.readout import Anchors, check_layers
 from icl_mech.anchors.reweighting import anchor_columns
 from icl_mech.batching import index_batches
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import Capture
-from icl_mech.prompts import ICLPrompt, Task
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.interventions import Capture
+from icl_mech.prompts import Task
 
 
 def predicted_confusion(

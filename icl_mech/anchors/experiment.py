@@ -18,8 +18,11 @@ from icl_mech import stats
 from icl_mech import tasks as bundled
 from icl_mech.errors import IclMechError
 from icl_mech.evaluation import batches, build_prompts
-from icl_mech.hooks import Capture, points
-from icl_mech.prompts import ICLPrompt, PromptBatch, Task
+from icl_mech.hooks import points
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.interventions import Capture
+from icl_mech.prompt_batch import PromptBatch
+from icl_mech.prompts import Task
 
 from .aucroc import AnchorAuc, QueryAttention, Span, class_scores
 from .flows import Flows, flows
@@ -36,7 +39,7 @@ class AnalysisSettings(base.Settings):
     demonstrations), one demonstration per class."""
 
     QUICK = dict(tasks=("sentiment", "topic"), n_test=4, n_seeds=1)
-    tasks: tuple[str, ...] = tuple(bundled.names("classification"))
+    tasks: tuple[str | Task, ...] = tuple(bundled.names("classification"))  # or files, Tasks
     n_test: int = 100  # held-out queries per task and seed
     n_seeds: int = 3
     k: int = 5  # isolated layers, shallow (first k) and deep (last k)
@@ -48,8 +51,11 @@ class AnalysisSettings(base.Settings):
     batch_size: int = 8
 
     def check(self) -> None:
-        base.known(self, "tasks", bundled.names("classification"))
+        where = base.where(self)
+        self._set("tasks", bundled.checked(self.tasks, where, "tasks", need="classification"))
         base.positive(self, "n_test", "n_seeds", "k", "top_k", "batch_size")
+        for item in self.tasks:
+            bundled.check_queries(bundled.resolve(item), self.n_test, self.seeds, where, "n_test")
         if self.n_random is not None:
             base.positive(self, "n_random")
         check_anchors(self.anchors)
@@ -145,19 +151,19 @@ def analyse_prompts(
     return TaskAnalysis(flow.task, flow, loyalty, auc, correct[inverse], queries)
 
 
-def task_prompts(task: Task, n: int, seed: int, shots: int = 1) -> list[ICLPrompt]:
-    """``n`` held-out queries of a seeded split, ``shots`` demonstrations per class each."""
-    pool, test = task.split(n, seed)
-    return build_prompts(pool, shots, test.examples, seed)
+def task_prompts(task: Task, n_test: int, seed: int, n_demonstrations: int = 1) -> list[ICLPrompt]:
+    """``n_test`` held-out queries of a seeded split, ``n_demonstrations`` per class each."""
+    pool, test = task.split(n_test, seed)
+    return build_prompts(pool, n_demonstrations, test.examples, seed)
 
 
 def analyse_task(
     model,
     task: Task,
-    n: int = 100,
+    n_test: int = 100,
     seeds: Sequence[int] = (0,),
     settings: AnalysisSettings | None = None,
-    shots: int = 1,
+    n_demonstrations: int = 1,
     progress: bool = True,
 ) -> TaskAnalysis:
     """Every seed draws its own split and demonstrations; results are pooled over seeds."""
@@ -165,7 +171,7 @@ def analyse_task(
     check_settings(model, settings)
     parts = []
     for seed in seeds:
-        prompts = task_prompts(task, n, seed, shots)
+        prompts = task_prompts(task, n_test, seed, n_demonstrations)
         label = progress and f"{task.name} seed {seed}"
         parts.append(analyse_prompts(model, prompts, settings, progress=label))
     return TaskAnalysis(

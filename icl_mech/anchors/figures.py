@@ -1,5 +1,6 @@
 """The paper's figures: flows per layer (Fig. 3), loyalty under isolation (Fig. 4), AUC-ROC_l
-and R_l (Fig. 5). Each function takes results and returns a matplotlib Figure."""
+and R_l (Fig. 5). Each function takes results and returns a matplotlib Figure; the results'
+notebook cards (:mod:`icl_mech.display`) are registered here."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from icl_mech import stats
+from icl_mech import display, stats
 from icl_mech.errors import IclMechError
+from icl_mech.show import cards
 
 from .aucroc import AnchorAuc
 from .flows import FLOWS, Flows
@@ -116,3 +118,49 @@ def auc_figure(results: Sequence[AnchorAuc]) -> Figure:
         ax.set_title(f"{result.task} (n={len(result.predicted)})")
     figure.suptitle("Attention of q on the label words predicts the output in deep layers")
     return figure
+
+
+# --- notebook cards ---------------------------------------------------------------------
+
+
+@display.renders(Flows)
+def flows_card(flows: Flows) -> str:
+    """Per layer the share of each flow with its 95% interval over queries, and Fig. 3."""
+    summary = flows.summary()
+    shares = summary.pivot(index="layer", columns="flow", values="share")[list(FLOWS)]
+    items = {"task": flows.task, "examples": len(flows.values), "n (queries)": summary["n"][0]}
+    return cards.card(
+        "Flows: share of saliency per layer [95% interval over queries]",
+        cards.table(shares.reset_index()),
+        cards.figure(flows_figure([flows]), "S_wp, S_pq and S_ww per layer"),
+        items=items | {"layers": cards.layer_span(flows.layers)},
+    )
+
+
+@display.renders(AnchorAuc)
+def auc_card(auc: AnchorAuc) -> str:
+    """AUC-ROC_l with its 95% interval over queries and R_l per layer, and Fig. 5."""
+    frame = auc.to_frame()
+    items = {"task": auc.task, "examples": len(auc.scores), "n (queries)": frame["n"][0]}
+    return cards.card(
+        "AnchorAuc: attention of q on the label words predicts the output "
+        "(AUC-ROC_l [95% interval], R_l)",
+        cards.table(frame[["layer", "auc", "auc_low", "auc_high", "R"]]),
+        cards.figure(auc_figure([auc]), "AUC-ROC and R per layer"),
+        items=items | {"classes": auc.scores.shape[-1], "average": auc.average},
+    )
+
+
+@display.renders(Loyalty)
+def loyalty_card(loyalty: Loyalty) -> str:
+    """Label and word loyalty per condition and the shallow − deep effects, each with its
+    95% interval over queries, and Fig. 4."""
+    summary = loyalty.summary().rename(columns={"label": "label loyalty", "word": "word loyalty"})
+    effects = loyalty.effects().rename(columns={"effect": "shallow − deep"})
+    return cards.card(
+        f"Loyalty under isolation of the first or last {loyalty.k} layers [95% interval]",
+        cards.table(summary[["depth", "isolated", "label loyalty", "word loyalty", "n"]]),
+        cards.table(effects[["isolated", "metric", "shallow − deep", "n"]]),
+        cards.figure(loyalty_figure([loyalty]), "label and word loyalty per condition"),
+        items={"task": loyalty.task, "examples": len(loyalty.label), "k": loyalty.k},
+    )

@@ -21,9 +21,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from icl_mech import stats
+from icl_mech import display, stats
 from icl_mech.errors import IclMechError
-from icl_mech.prompts import PromptBatch
+from icl_mech.prompt_batch import PromptBatch
 
 from .loyalty import query_texts
 from .readout import Anchors, anchor_mask
@@ -84,19 +84,7 @@ class Flows:
 
     def _repr_html_(self) -> str:
         """Per layer the share of each flow with its 95% interval over queries, and Fig. 3."""
-        from icl_mech.show import cards
-
-        from .figures import flows_figure
-
-        summary = self.summary()
-        shares = summary.pivot(index="layer", columns="flow", values="share")[list(FLOWS)]
-        items = {"task": self.task, "examples": len(self.values), "n (queries)": summary["n"][0]}
-        return cards.card(
-            "Flows: share of saliency per layer [95% interval over queries]",
-            cards.table(shares.reset_index()),
-            cards.figure(flows_figure([self]), "S_wp, S_pq and S_ww per layer"),
-            items=items | {"layers": cards.layer_span(self.layers)},
-        )
+        return display.html(self)
 
     def normalised(self) -> Float[Tensor, "example layer 3"]:
         return self.values / self.values.sum(-1, keepdim=True)

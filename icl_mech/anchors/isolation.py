@@ -23,7 +23,7 @@ from torch import Tensor
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Intervention, points, register
 from icl_mech.positions import Positions, resolve
-from icl_mech.prompts import PromptBatch
+from icl_mech.prompt_batch import PromptBatch
 
 from .readout import Anchors, anchor_mask
 

@@ -19,10 +19,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from icl_mech import stats
+from icl_mech import display, stats
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import Capture, points
-from icl_mech.prompts import QUERY, PromptBatch
+from icl_mech.hooks import points
+from icl_mech.icl_prompt import QUERY
+from icl_mech.interventions import Capture
+from icl_mech.prompt_batch import PromptBatch
 
 from .isolation import IsolateLabelWords, IsolateRandomWords, deep_layers, shallow_layers
 from .readout import Anchors, check_anchors, concat_examples, require_label_words, target_logits
@@ -84,19 +86,7 @@ class Loyalty:
     def _repr_html_(self) -> str:
         """Label and word loyalty per condition and the shallow − deep effects, each with its
         95% interval over queries, and Fig. 4."""
-        from icl_mech.show import cards
-
-        from .figures import loyalty_figure
-
-        summary = self.summary().rename(columns={"label": "label loyalty", "word": "word loyalty"})
-        effects = self.effects().rename(columns={"effect": "shallow − deep"})
-        return cards.card(
-            f"Loyalty under isolation of the first or last {self.k} layers [95% interval]",
-            cards.table(summary[["depth", "isolated", "label loyalty", "word loyalty", "n"]]),
-            cards.table(effects[["isolated", "metric", "shallow − deep", "n"]]),
-            cards.figure(loyalty_figure([self]), "label and word loyalty per condition"),
-            items={"task": self.task, "examples": len(self.label), "k": self.k},
-        )
+        return display.html(self)
 
     def to_frame(self) -> pd.DataFrame:
         rows, units = [], self.units()

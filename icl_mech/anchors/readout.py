@@ -22,10 +22,10 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from icl_mech import validate
-from icl_mech.backends import is_bridge, last_logits, resume, unsupported
+from icl_mech.backends import is_bridge, last_logits, unsupported
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import attach
-from icl_mech.prompts import PromptBatch
+from icl_mech.hooks import attach, resume
+from icl_mech.prompt_batch import PromptBatch
 
 Anchors = Literal["all", "first"]
 ANCHORS = ("all", "first")

@@ -16,11 +16,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from icl_mech import runner, stats
 from icl_mech import settings as base
+from icl_mech import stats
 from icl_mech import tasks as bundled
 from icl_mech.errors import IclMechError
-from icl_mech.runner import Report
+from icl_mech.prompt_batch import PromptBatch
+from icl_mech.prompts import Task
+from icl_mech.report import Report, flatten
+from icl_mech.show.saliency import layer_range, saliency_figure
 
 from . import app_figures
 from .compression_experiment import (
@@ -31,7 +34,8 @@ from .compression_experiment import (
     time_per_query,
 )
 from .diagnosis import diagnose
-from .experiment import AnalysisSettings, TaskAnalysis, analyse_task, task_prompts
+from .evaluate import evaluate
+from .experiment import AnalysisSettings, TaskAnalysis, task_prompts
 from .figures import auc_figure, flows_figure, loyalty_figure
 from .readout import Anchors, check_anchors
 from .reweighting_experiment import ALL_TASKS, CONDITIONS, GAIN, reweighting_experiment
@@ -39,12 +43,8 @@ from .saliency import saliency
 
 
 def compute_analysis(model, settings: AnalysisSettings, progress: bool = True) -> Report:
-    analyses = [
-        analyse_task(model, bundled.load(name), settings.n_test, settings.seeds, settings,
-                     progress=progress)
-        for name in settings.tasks
-    ]  # fmt: skip
-    summary = [{"task": a.task, **runner.flatten(headline(a), sep="_")} for a in analyses]
+    analyses = evaluate(model, settings.tasks, settings, progress=progress).analyses
+    summary = [{"task": a.task, **flatten(headline(a), sep="_")} for a in analyses]
     return Report(
         "anchors",
         settings,
@@ -68,10 +68,7 @@ def compute_analysis(model, settings: AnalysisSettings, progress: bool = True) -
 
 def token_pictures(model, settings: AnalysisSettings) -> dict:
     """The first task's first query: saliency edges over its tokens, shallow and deep layers."""
-    from icl_mech.prompts import PromptBatch
-    from icl_mech.show.saliency import layer_range, saliency_figure
-
-    prompts = task_prompts(bundled.load(settings.tasks[0]), settings.n_test, settings.seed)
+    prompts = task_prompts(bundled.resolve(settings.tasks[0]), settings.n_test, settings.seed)
     batch = PromptBatch.from_prompts(model, prompts[:1])
     result = saliency(model, batch, target=settings.target)
     return {
@@ -171,10 +168,10 @@ class ApplicationSettings(base.Settings):
 
     QUICK = dict(
         tasks=("sentiment",), n_test=16, n_seeds=1, epochs=2, n_draws=2, n_select=16,
-        timing_queries=3, rounds=1, diagnosis_tasks=("question_type",), diagnosis_queries=24,
+        timing_queries=3, rounds=1, diagnosis_tasks=("question_type",), diagnosis_n_test=24,
         scan=False,
     )  # fmt: skip
-    tasks: tuple[str, ...] = tuple(bundled.names("classification"))
+    tasks: tuple[str | Task, ...] = tuple(bundled.names("classification"))  # or files, Tasks
     n_test: int = 64
     n_seeds: int = 2
     epochs: int = 10
@@ -186,16 +183,22 @@ class ApplicationSettings(base.Settings):
     n_select: int = 64  # held-out queries that choose Hidden_random-top's draw
     timing_queries: int = 8
     rounds: int = 3
-    diagnosis_tasks: tuple[str, ...] = ("question_type", "topic", "emotion")
-    diagnosis_queries: int = 120
+    diagnosis_tasks: tuple[str | Task, ...] = ("question_type", "topic", "emotion")
+    diagnosis_n_test: int = 120
     scan: bool = True  # correlation of every single layer's keys, in the diagnosis figure
 
     def check(self) -> None:
-        classification = bundled.names("classification")
-        base.known(self, "tasks", classification)
-        base.known(self, "diagnosis_tasks", classification)
+        where = base.where(self)
+        for name in ("tasks", "diagnosis_tasks"):
+            self._set(name, bundled.checked(getattr(self, name), where, name, "classification"))
         base.positive(self, "n_test", "n_seeds", "batch_size", "aux_per_class", "n_draws",
-                        "n_select", "timing_queries", "rounds", "diagnosis_queries")  # fmt: skip
+                        "n_select", "timing_queries", "rounds", "diagnosis_n_test")  # fmt: skip
+        for item in self.tasks:
+            bundled.check_queries(bundled.resolve(item), self.n_test, self.seeds, where,
+                                  "n_test", per_class=1 + self.aux_per_class)  # fmt: skip
+        for item in self.diagnosis_tasks:
+            bundled.check_queries(bundled.resolve(item), self.diagnosis_n_test, [self.seed],
+                                  where, "diagnosis_n_test")  # fmt: skip
         base.positive(self, "epochs", allow_zero=True)
         check_anchors(self.anchors)
         if not self.lr > 0:
@@ -208,7 +211,7 @@ class ApplicationSettings(base.Settings):
 
 def compute_applications(model, settings: ApplicationSettings, progress: bool = True) -> Report:
     s = settings
-    task_list = [bundled.load(name) for name in s.tasks]
+    task_list = [bundled.resolve(item) for item in s.tasks]
     training = dict(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, anchors=s.anchors)
     table1 = reweighting_experiment(model, task_list, s.n_test, s.seeds, progress=progress,
                                     aux_per_class=s.aux_per_class, **training)  # fmt: skip
@@ -217,9 +220,9 @@ def compute_applications(model, settings: ApplicationSettings, progress: bool = 
     steps = tqdm(task_list, desc="timing", disable=not progress, leave=False)
     table3 = pd.DataFrame([_speedups(model, task, s) for task in steps]).set_index("task")
     diagnoses = []
-    for name in s.diagnosis_tasks:
-        task = bundled.load(name)
-        pool, test = task.split(s.diagnosis_queries, s.seed)
+    for item in s.diagnosis_tasks:
+        task = bundled.resolve(item)
+        pool, test = task.split(s.diagnosis_n_test, s.seed)
         demonstrations = pool.sample_demonstrations(1, random.Random(s.seed))
         diagnoses.append(diagnose(model, task, demonstrations, list(test.examples), scan=s.scan))
     return Report(

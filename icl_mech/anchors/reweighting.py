@@ -18,11 +18,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm import tqdm
 
+from icl_mech import validate
 from icl_mech.anchors.compression import ContextCache, answer, encode_shared
 from icl_mech.anchors.readout import ANCHORS, Anchors, anchor_mask, check_anchors
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Intervention, points, register
-from icl_mech.prompts import ICLPrompt, PromptBatch, Task
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.prompt_batch import PromptBatch
+from icl_mech.prompts import Task
 from icl_mech.vectors import Vector, package_version
 
 
@@ -113,6 +116,10 @@ class AnchorReweighting(Intervention):
         return torch.cat([columns, pad], 1).expand(n_batch, -1)
 
 
+_SAVED_AS = {"model_name": "model", "version": "icl_mech_version"}
+_POSITIONS = "row q, label words"
+
+
 @dataclass
 class TrainedBeta(Vector):
     """beta with its provenance; ``intervention()``/``apply()`` re-weight, ``save``/``load``
@@ -142,9 +149,38 @@ class TrainedBeta(Vector):
             )
         super().__post_init__()
 
-    def intervention(self, cache: ContextCache | None = None) -> AnchorReweighting:
+    OWN_KEYWORDS = ("cache",)
+
+    def build(
+        self,
+        *,
+        layers: tuple[int, ...] | None,
+        strength: float = 1.0,
+        positions: str = _POSITIONS,
+        cache: ContextCache | None = None,
+    ) -> AnchorReweighting:
+        """Re-weight the query's attention to the label words by ``exp(strength · β)`` in every
+        (or the given) layer; ``positions`` are fixed by the method (the query row, the label
+        words); ``cache``: queries run against a ContextCache."""
+        if positions != _POSITIONS:
+            raise IclMechError(
+                f"TrainedBeta re-weights the attention from the query to the label words; its "
+                f"positions are fixed ({_POSITIONS!r}), got positions={positions!r}"
+            )
+        strength = validate.real(strength, "TrainedBeta strength")
+        beta = self.beta.detach()
+        if layers is not None:
+            outside = [layer for layer in layers if not 0 <= layer < beta.shape[0]]
+            if outside:
+                raise IclMechError(
+                    f"TrainedBeta holds layers 0..{beta.shape[0] - 1}, got layers {outside}"
+                )
+            keep = torch.zeros(beta.shape[0], 1, 1, dtype=beta.dtype)
+            keep[list(layers)] = 1.0
+            beta = beta * keep
+        beta = beta if strength == 1.0 else beta * strength
         columns = None if cache is None else anchor_columns(cache, self.anchors)
-        return AnchorReweighting(self.beta.detach(), self.anchors, columns)
+        return AnchorReweighting(beta, self.anchors, columns)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"beta": self.beta.detach()}
@@ -166,10 +202,6 @@ class TrainedBeta(Vector):
         saved["aux_loss"] = tuple(saved["aux_loss"])
         version = provenance["icl_mech_version"]
         return cls(tensors["beta"], **saved, d_model=provenance.get("d_model"), version=version)
-
-
-_SAVED_AS = {"model_name": "model", "version": "icl_mech_version"}
-_POSITIONS = "row q, label words"
 
 
 def train_beta(
@@ -228,7 +260,7 @@ def auxiliary_loss(model, trained: TrainedBeta | None, task: Task, demonstration
     """Cross-entropy on the auxiliary set with beta (or without, ``trained=None``)."""
     prompts = [ICLPrompt.build(task, list(demonstrations), a) for a in aux]
     cache, queries, batch = encode_shared(model, prompts)
-    items = [] if trained is None else [trained.intervention(cache)]
+    items = [] if trained is None else [trained.intervention(cache=cache)]
     with torch.no_grad():
         logits = answer(model, cache, queries, *items)
     return float(label_word_loss(logits, batch.class_token_ids, batch.gold))

@@ -14,7 +14,8 @@ from torch import Tensor
 from icl_mech.anchors.compression import answer, encode_shared
 from icl_mech.anchors.reweighting import TrainedBeta, train_beta
 from icl_mech.batching import index_batches
-from icl_mech.prompts import ICLPrompt, Task
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.prompts import Task
 from icl_mech.stats import Estimate, bootstrap, paired
 
 
@@ -38,7 +39,7 @@ def predict_classes(
     """(predicted, gold) class per query, all asked after the same demonstrations."""
     prompts = [ICLPrompt.build(task, list(demonstrations), q) for q in queries]
     cache, tokens, batch = encode_shared(model, prompts)
-    items = [] if trained is None else [trained.intervention(cache)]
+    items = [] if trained is None else [trained.intervention(cache=cache)]
     predicted = []
     with torch.no_grad():
         for index in index_batches(len(prompts), batch_size):

@@ -28,7 +28,6 @@ per-forward copies of them are neither made nor kept in the graph; the same numb
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,18 +45,15 @@ from icl_mech.backends import is_bridge, unsupported
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Probe, attach, points, register
 from icl_mech.layout import linear_layout
-from icl_mech.prompts import PromptBatch
+from icl_mech.prompt_batch import PromptBatch
 
 from .readout import check_layers, require_label_words, target_logits, unembed
+from .row_groups import crop_rows, length_groups
 
 HeadReduction = Literal["abs-of-sum", "sum-of-abs"]
 Target = Literal["gold", "prediction"]
 Memory = Literal["full", "lean"]
 MEMORY = ("full", "lean")
-# a pass costs about as much as this many padded tokens beyond its rows x length (one CPU
-# thread, SmolLM2-135M: small matrix products run below peak speed); rows are grouped so that
-# padding is only kept where a separate pass would cost more
-PASS_OVERHEAD_TOKENS = 64
 # memory="lean" keeps the graph of the top 1/LEAN_TOP_FRACTION of the blocks from its first pass
 # (they are not recomputed); the others are recomputed one at a time
 LEAN_TOP_FRACTION = 6
@@ -182,12 +178,12 @@ def saliency(
         )
     validate.batch(model, batch)
     order = SaliencyProbe(layers, heads).order(model)
-    groups = [list(range(len(batch)))] if items else _length_groups(model, batch)
+    groups = [list(range(len(batch)))] if items else length_groups(model, batch)
     run = _lean if memory == "lean" else _full
     parts = []
     with frozen_parameters(model), linear_layout(model, in_place=True):
         for rows in groups:
-            part = batch if len(groups) == 1 else _crop(batch, rows)
+            part = batch if len(groups) == 1 else crop_rows(batch, rows)
             gold = part.gold if target == "gold" else None
             parts.append(run(model, part, items, SaliencyProbe(layers, heads), gold))
     return _assemble(batch, groups, parts, order)
@@ -264,60 +260,6 @@ def _loss(batch: PromptBatch, logits: Tensor, gold: Tensor | None) -> tuple[Tens
     class_logits = logits[:, batch.class_token_ids.to(logits.device)]
     labels = class_logits.argmax(-1).detach() if gold is None else gold.to(logits.device)
     return class_logits, labels, F.cross_entropy(class_logits, labels, reduction="none")
-
-
-def _length_groups(model, batch: PromptBatch) -> list[list[int]]:
-    """Row indices grouped by length, minimising Σ_groups (rows × longest + pass overhead)
-    padded tokens. On the CPU only; elsewhere one group (small passes waste an accelerator)."""
-    n = len(batch)
-    if n < 2 or torch.device(model.cfg.device).type != "cpu":
-        return [list(range(n))]
-    lengths = batch.attention_mask.sum(dim=1).tolist()
-    order = sorted(range(n), key=lambda row: (lengths[row], row))
-    best = [0] + [None] * n  # best[j]: cost of the j shortest rows, cut[j]: where its group starts
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        longest = lengths[order[j - 1]]
-        for i in range(j):
-            cost = best[i] + (j - i) * longest + PASS_OVERHEAD_TOKENS
-            if best[j] is None or cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], n
-    while j > 0:
-        groups.append(sorted(order[cut[j] : j]))
-        j = cut[j]
-    return groups[::-1]
-
-
-def _crop(batch: PromptBatch, rows: list[int]) -> PromptBatch:
-    """Some rows of a batch, without the left padding none of them needs."""
-    index = torch.tensor(rows)
-    drop = batch.seq_len - int(batch.attention_mask[index].sum(dim=1).max())
-
-    def shift(positions: list[int]) -> list[int]:
-        return [p - drop for p in positions]
-
-    positions = [
-        dataclasses.replace(
-            row,
-            labels=[shift(tokens) for tokens in row.labels],
-            demos=[shift(tokens) for tokens in row.demos],
-            query=shift(row.query),
-            target=row.target - drop,
-        )
-        for row in (batch.rows[r] for r in rows)
-    ]
-    return dataclasses.replace(
-        batch,
-        prompts=[batch.prompts[r] for r in rows],
-        tokens=batch.tokens[index, drop:],
-        attention_mask=batch.attention_mask[index, drop:],
-        roles=batch.roles[index, drop:],
-        demo_index=batch.demo_index[index, drop:],
-        rows=positions,
-        demo_labels=[batch.demo_labels[r] for r in rows] if batch.demo_labels else [],
-        pieces=[batch.pieces[r][drop:] for r in rows] if batch.pieces else [],
-    )
 
 
 def _assemble(

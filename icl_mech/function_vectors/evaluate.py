@@ -48,10 +48,14 @@ from icl_mech.function_vectors.results import (
 )
 from icl_mech.function_vectors.settings import Settings
 from icl_mech.function_vectors.vector import function_vector
-from icl_mech.prompts import Demonstration, ICLPrompt, PromptBatch, Task
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.prompt_batch import PromptBatch
+from icl_mech.prompts import Demonstration, Task
+from icl_mech.task_vectors import plan
 from icl_mech.task_vectors.evaluate import prepare, splits
 from icl_mech.task_vectors.extract import mean_difference
 from icl_mech.task_vectors.sweep import LayerSweep, sweep_logits
+from icl_mech.tasks import resolve
 
 DEFAULT_SETTINGS = Settings()
 Tokenised = list[tuple[list[int], PromptBatch]]  # (query indices, batch)
@@ -117,7 +121,8 @@ def evaluate_task(
     label = progress and f"indirect effect {task.name}"
     effect = indirect_effects(model, clean, shuffled, batch_size=settings.effect_batch_size,
                               progress=label)  # fmt: skip
-    vector = function_vector(model, effect, settings.k, seed=seed)
+    vector = function_vector(model, effect, settings.k)
+    vector.provenance["seed"] = seed  # drew the prompts of the indirect effect
     dev_data = prepare(model, task, train, dev.examples, settings, seed + 11)
     test_data = prepare(model, task, train, test.examples, settings, seed + 12)
     delta = mean_difference(model, dev_data.theta, train, dev_data.dummies, settings.batch_size)
@@ -176,7 +181,7 @@ def layer_curve(
     for index, batch in tokenised:
         rows = vectors if vectors.ndim == 2 else vectors[index]
         logits = sweep_logits(
-            model, batch, rows, mode, scale=settings.scale, groups=settings.groups
+            model, batch, rows, mode, strength=settings.strength, groups=settings.groups
         )
         correct += (logits.argmax(-1) == gold[index]).float().sum(1)
     n = sum(len(index) for index, _ in tokenised)
@@ -189,7 +194,7 @@ def _patched_hits(model, tokenised, gold, vectors, mode, layer, settings) -> lis
     hits = [False] * len(gold)
     for index, batch in tokenised:
         rows = vectors[[layer]] if vectors.ndim == 2 else vectors[index][:, [layer]]
-        logits = sweep_logits(model, batch, rows, mode, layers=[layer], scale=settings.scale)
+        logits = sweep_logits(model, batch, rows, mode, layers=[layer], strength=settings.strength)
         for i, hit in zip(index, (logits[0].argmax(-1) == gold[index]).tolist()):
             hits[i] = bool(hit)
     return hits
@@ -206,10 +211,13 @@ def _hits(model, tokenised, gold) -> list[bool]:
 def evaluate(
     model, tasks: Sequence[Task], settings: Settings = DEFAULT_SETTINGS, progress: bool = True
 ) -> FunctionVectorResults:
-    """``evaluate_task`` for every task; every task's answers are checked before any forward."""
+    """``evaluate_task`` for every task (names, task files or ``Task``s); every task's size and
+    answers are checked before any forward."""
     require_hooked(model)
+    tasks = [resolve(t) for t in tasks]
     for task in tasks:
         check_answer_tokens(model, task)
+        plan.check_fits(task, plan.sizes_of(settings), settings.seed, "function-vectors")
         check_prompt_pool(task, settings)
     check_k(model, settings)
     results = []

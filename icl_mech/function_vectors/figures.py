@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from icl_mech.function_vectors.effects import IndirectEffect
-from icl_mech.function_vectors.results import CONDITIONS, VECTORS, FunctionVectorResults
-from icl_mech.plotting import figure
+from icl_mech.function_vectors.results import VECTORS, FunctionVectorResults
+from icl_mech.plotting import condition_bars, figure
 
 LABELS = {
     "baseline": "baseline (zero-shot)",
@@ -59,24 +59,8 @@ def indirect_effect_map(
 def accuracy_bars(results: FunctionVectorResults) -> Figure:
     """Every condition per task (test) and the mean over tasks; whiskers: 95% bootstrap
     intervals over test queries (the mean: stratified, queries resampled within tasks)."""
-    means = results.intervals()
-    names = [t.task for t in results.tasks] + ["mean"]
-    x = np.arange(len(names))
-    width = 0.84 / len(CONDITIONS)
-    fig, ax = figure(max(8, 0.9 * len(names) + 2), 4.2)
-    for i, condition in enumerate(CONDITIONS):
-        estimates = [t.estimate(condition) for t in results.tasks] + [means[condition]]
-        values = np.array([e.value for e in estimates])
-        errors = np.clip([[e.value - e.low, e.high - e.value] for e in estimates], 0, None).T
-        offset = (i - (len(CONDITIONS) - 1) / 2) * width
-        ax.bar(x + offset, values, width, yerr=errors, capsize=1.2,
-               error_kw={"elinewidth": 0.7}, label=LABELS[condition])  # fmt: skip
-    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("first-token accuracy (test)")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    ax.set_title("Baseline, ICL, task vector, mean difference, function vector", pad=30)
-    return fig
+    title = "Baseline, ICL, task vector, mean difference, function vector"
+    return condition_bars(results.estimates_frame(), LABELS, title)
 
 
 def layer_curves(results: FunctionVectorResults) -> Figure:

@@ -24,10 +24,10 @@ from torch import Tensor
 from icl_mech import validate
 from icl_mech.activations import read_activations
 from icl_mech.errors import IclMechError
+from icl_mech.hook_points import position_mask
 from icl_mech.hooks import HookSpec, Intervention, Probe, model_name, register
-from icl_mech.interventions import position_mask
-from icl_mech.positions import Positions, check, resolve
-from icl_mech.prompts import ICLPrompt
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.positions import Positions, check, normalise, resolve
 
 Head = tuple[int, int]  # (layer, head), the head counted among the layer's query heads
 POINT = "attn.hook_z"
@@ -108,7 +108,7 @@ class CaptureHeads(Probe):
 
     def __post_init__(self):
         self.heads = as_pairs(self.heads)
-        self.positions = validate.positions(self.positions, "CaptureHeads positions")
+        self.positions = normalise(self.positions, "CaptureHeads positions")
 
     def specs(self, model, batch):
         heads = check_heads(model, self.heads, "CaptureHeads heads")
@@ -158,7 +158,7 @@ class PatchHeads(Intervention):
     def __post_init__(self):
         self.heads = as_pairs(self.heads)
         self.values = validate.tensor(self.values, "PatchHeads values", min_ndim=2)
-        self.positions = validate.positions(self.positions, "PatchHeads positions")
+        self.positions = normalise(self.positions, "PatchHeads positions")
 
     def specs(self, model, batch):
         heads = check_heads(model, self.heads, "PatchHeads heads")

@@ -37,9 +37,11 @@ from icl_mech.errors import IclMechError
 from icl_mech.evaluation import answer_token_ids
 from icl_mech.function_vectors.effects import IndirectEffect
 from icl_mech.function_vectors.heads import PatchHeads, mean_head_outputs
-from icl_mech.hooks import Capture, attach, points, run
-from icl_mech.prompt_batch import class_token_ids
-from icl_mech.prompts import Demonstration, ICLPrompt, PromptBatch, Task
+from icl_mech.hooks import attach, points, run
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.interventions import Capture
+from icl_mech.prompt_batch import PromptBatch, class_token_ids
+from icl_mech.prompts import Demonstration, Task
 from icl_mech.task_vectors.extract import sample_sets
 from icl_mech.task_vectors.sweep import prefix_cache, repeat_cache
 

@@ -9,11 +9,11 @@ from icl_mech.function_vectors.evaluate import evaluate
 from icl_mech.function_vectors.figures import accuracy_bars, indirect_effect_map, layer_curves
 from icl_mech.function_vectors.results import CONDITIONS, CONTRASTS, FunctionVectorResults
 from icl_mech.function_vectors.settings import Settings
-from icl_mech.runner import Report
+from icl_mech.report import Report
 
 
 def compute(model, settings: Settings, progress: bool = True) -> Report:
-    results = evaluate(model, [bundled.load(n) for n in settings.tasks], settings, progress)
+    results = evaluate(model, [bundled.resolve(t) for t in settings.tasks], settings, progress)
     tables = {
         "table": results.to_frame(),
         "accuracy": results.accuracy_frame(),

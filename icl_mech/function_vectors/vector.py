@@ -64,15 +64,22 @@ class FunctionVector(Vector):
     def d_model(self) -> int:
         return self.values.shape[-1]
 
-    def intervention(
-        self, layer: int, scale: float = 1.0, positions: Positions = "last"
+    def build(
+        self,
+        *,
+        layers: tuple[int, ...] | None,
+        strength: float = 1.0,
+        positions: Positions = "last",
     ) -> AddToResidual:
-        """Add ``scale * values`` to ``blocks.{layer}.hook_resid_post`` at ``positions`` (the
-        registry's additive residual kind, ``"task-vector-add"``)."""
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise IclMechError(f"FunctionVector.intervention: layer must be an int, got {layer!r}")
-        scale = validate.real(scale, "FunctionVector scale")
-        return AddToResidual({layer: self.values}, scale, positions)
+        """Add ``strength * values`` to ``blocks.{layer}.hook_resid_post`` at ``positions``
+        after each given layer (the registry's additive residual kind, ``"task-vector-add"``)."""
+        if not layers:
+            raise TypeError(
+                "FunctionVector needs layer= (the layer it is added after, e.g. the one chosen "
+                "on dev), or layers= for several"
+            )
+        strength = validate.real(strength, "FunctionVector strength")
+        return AddToResidual(dict.fromkeys(layers, self.values), strength, positions)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"values": self.values, "contributions": self.contributions}
@@ -121,7 +128,6 @@ def function_vector(
     effect: IndirectEffect,
     k: int = 10,
     heads: Sequence[Head] | None = None,
-    seed: int = 0,
 ) -> FunctionVector:
     """The function vector of the ``k`` heads with the largest indirect effect (or of the given
     ``heads``): Σ of their mean outputs through ``W_O``. ``k=0`` (or ``heads=[]``) gives zero."""
@@ -159,7 +165,6 @@ def function_vector(
         "indirect_effects": [float(mean[effect.layers.index(layer), h]) for layer, h in heads],
         "n_clean_prompts": effect.n_clean,
         "n_shuffled_prompts": effect.n_prompts,
-        "seed": seed,
         "icl_mech_version": package_version(),
     }
     return FunctionVector(values, contributions, tuple(heads), meta)

@@ -5,7 +5,6 @@ one GD step on the embedded inputs (kernelised)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,10 +12,8 @@ from icl_mech.gd.construct import OneStepGD, constructed_like, gd_reference, lin
 from icl_mech.gd.data import RegressionBatch, RegressionTasks, TeacherFeatures
 from icl_mech.gd.metrics import Alignment, InterpolationCurve, Predictor, compare, interpolate
 from icl_mech.gd.model import LinearSelfAttentionModel, LSAConfig
+from icl_mech.gd.settings import Settings
 from icl_mech.gd.train import TrainConfig, TrainingRun, regression_loss, train
-
-if TYPE_CHECKING:
-    from icl_mech.gd.reproduce import Settings
 
 
 @dataclass

@@ -3,11 +3,8 @@ variant, through the runner."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
-from icl_mech import settings as base
 from icl_mech.gd.experiments import (
     KernelisedResult,
     LinearResult,
@@ -16,28 +13,8 @@ from icl_mech.gd.experiments import (
     loss_on,
 )
 from icl_mech.gd.figures import alignment_over_training, interpolation_curve, training_curve
-from icl_mech.runner import Report
-
-
-@dataclass(frozen=True)
-class Settings(base.Settings):
-    """Training steps and batch sizes of the two experiments; ``eval_every`` steps the held-out
-    loss and alignment are recorded on ``monitor_tasks`` tasks; ``test_tasks`` score the end."""
-
-    QUICK = dict(
-        linear_steps=400, linear_batch=512, kernel_steps=400, eval_every=50, monitor_tasks=256,
-        test_tasks=4096,
-    )  # fmt: skip
-    linear_steps: int = 2000
-    linear_batch: int = 1024
-    kernel_steps: int = 2500
-    kernel_batch: int = 512
-    eval_every: int = 100
-    monitor_tasks: int = 1024
-    test_tasks: int = 16384
-
-    def check(self) -> None:
-        base.positive(self, *self.keys()[2:])
+from icl_mech.gd.settings import Settings
+from icl_mech.report import Report
 
 
 def metrics_table(linear: LinearResult, kernelised: KernelisedResult) -> pd.DataFrame:

@@ -26,27 +26,26 @@ paired difference to ``none`` over the same source sentences.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 
-import numpy as np
 import pandas as pd
 import torch
 
-from icl_mech import stats
 from icl_mech.errors import IclMechError
 from icl_mech.icv import text_metrics
-from icl_mech.icv.extract import ICV, extract_icv
+from icl_mech.icv.extract import extract_icv
 from icl_mech.icv.generation import generate
+from icl_mech.icv.results import StyleEvaluation, StyleResults
+from icl_mech.icv.settings import STYLE_METRICS, Settings
 from icl_mech.icv.steering import ICVSteering
 from icl_mech.tasks import load_pairs
 
 PARAPHRASE = "Please paraphrase the following sentence. Sentence: {x}, paraphrase:"
 CHAT_PARAPHRASE = "Please paraphrase the following sentence. Sentence: {x}"
-STYLE_METRICS = {"negative_positive": "sentiment", "rude_polite": "inoffensiveness"}
 CONDITIONS = ("none", "icl", "icv")
+DEFAULT_SETTINGS = Settings()
 
 
 def style_scores(pair_set: str, sentiments: Sequence[float], offensive: Sequence[float]):
@@ -95,109 +94,6 @@ def paraphrase_prompt(
     return "\n".join([*solved, template.format(x=source)])
 
 
-@dataclass
-class StyleEvaluation:
-    """Scored completions of one pair set; ``to_frame()`` summarises per condition and λ."""
-
-    pair_set: str
-    style_metric: str
-    demonstrations: list[tuple[str, str]]
-    rows: pd.DataFrame  # one row per (condition, strength, source)
-    icv: ICV | None = None
-    settings: dict = field(default_factory=dict)
-
-    def to_frame(self) -> pd.DataFrame:
-        """Per condition and λ: style, BLEU (to the source and to the target), perplexity with
-        95% bootstrap intervals over sentences (``*_low``, ``*_high``; none for perplexity),
-        ``style_gain``: the paired style difference to ``none`` over the same sources, and the
-        formatted columns ``style_ci`` and ``gain_ci``."""
-        groups = self.rows.groupby(["condition", "strength"], sort=False)
-        summary = groups.apply(_summarise, include_groups=False).reset_index()
-        summary.insert(0, "pair_set", self.pair_set)
-        summary.insert(3, "style_metric", self.style_metric)
-        gains = [self.style_gain(c, s) for c, s in zip(summary.condition, summary.strength)]
-        summary["style_gain"] = [g.value for g in gains]
-        summary["style_gain_low"] = [g.low for g in gains]
-        summary["style_gain_high"] = [g.high for g in gains]
-        summary["style_ci"] = stats.with_intervals(summary, "style")
-        summary["gain_ci"] = [
-            "" if c == "none" or math.isnan(g.value) else str(g)
-            for c, g in zip(summary.condition, gains)
-        ]
-        return summary
-
-    def style_gain(self, condition: str, strength: float) -> stats.Estimate:
-        """Style of (condition, λ) minus style without steering, paired over the sources."""
-        rows = self.rows
-        none = rows[rows.condition == "none"].groupby("source")["style"].first()
-        chosen = rows[(rows.condition == condition) & (rows.strength == strength)]
-        chosen = chosen[chosen.source.isin(none.index)]
-        if not len(chosen):
-            return stats.Estimate(math.nan, math.nan, math.nan, 0)
-        return stats.paired(chosen["style"].to_numpy(), none.loc[chosen.source].to_numpy())
-
-    def examples(self, strength: float | None = None) -> pd.DataFrame:
-        """Source, no-steering, ICL and ICV(λ) outputs side by side (λ: best style if None)."""
-        summary = self.to_frame()
-        icv = summary[summary.condition == "icv"]
-        if strength is None:
-            strength = float(icv.loc[icv["style"].idxmax(), "strength"])
-        table = self.rows.pivot_table(
-            index="source", columns=["condition", "strength"], values="output", aggfunc="first"
-        )
-        out = pd.DataFrame({"source": table.index})
-        out["none"] = table[("none", 0.0)].values
-        out["icl"] = table[("icl", 0.0)].values
-        out[f"icv λ={strength:g}"] = table[("icv", strength)].values
-        return out
-
-
-def corpus_bleu_interval(
-    outputs: Sequence[str], references: Sequence[str], **options
-) -> stats.Estimate:
-    """Corpus BLEU (``text_metrics.bleu``) with a 95% bootstrap interval over sentences: each
-    resample sums the drawn sentences' n-gram statistics and recomputes the corpus BLEU
-    (``stats.bootstrap_statistic``, 1000 resamples)."""
-    point = text_metrics.bleu(outputs, references)
-    sacrebleu = text_metrics._sacrebleu()
-    sentences = [sacrebleu.sentence_bleu(o, [r]) for o, r in zip(outputs, references)]
-    table = np.array([[s.sys_len, s.ref_len, *s.counts, *s.totals] for s in sentences])
-    compute = sacrebleu.BLEU.compute_bleu
-
-    def statistic(index: np.ndarray) -> float:
-        t = table[index].sum(0)
-        correct, total = t[2:6].tolist(), t[6:10].tolist()
-        return compute(correct, total, int(t[0]), int(t[1]), smooth_method="exp").score
-
-    estimate = stats.bootstrap_statistic(statistic, len(table), **options)
-    return stats.Estimate(point, estimate.low, estimate.high, estimate.n)
-
-
-def _summarise(group: pd.DataFrame) -> pd.Series:
-    count = group["ppl_tokens"].sum()
-    style = stats.bootstrap(group["style"].to_numpy())
-    source = corpus_bleu_interval(list(group["output"]), list(group["source"]))
-    target = corpus_bleu_interval(list(group["output"]), list(group["target"]))
-    return pd.Series(
-        {
-            "style": group["style"].mean(),
-            "style_low": style.low,
-            "style_high": style.high,
-            "bleu_source": source.value,
-            "bleu_source_low": source.low,
-            "bleu_source_high": source.high,
-            "bleu_target": target.value,
-            "bleu_target_low": target.low,
-            "bleu_target_high": target.high,
-            "perplexity": math.exp(-group["log_likelihood"].sum() / count) if count else math.nan,
-            "sentiment": group["sentiment"].mean(),
-            "offensive": group["offensive"].mean(),
-            "empty": int((group["output"] == "").sum()),
-            "n": len(group),
-        }
-    )
-
-
 def split_pairs(
     pairs: Sequence[tuple[str, str]], n_demonstrations: int, n_test: int, seed: int
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -234,7 +130,7 @@ def evaluate_pairs(
     if not strengths:
         raise IclMechError("evaluate_pairs: no strengths to sweep")
     demos, test = split_pairs(load_pairs(pair_set), n_demonstrations, n_test, seed)
-    icv = extract_icv(model, demos, seed=seed)
+    icv = replace(extract_icv(model, demos), seed=seed)  # the seed drew the demonstrations
     chat = uses_chat(model, chat)
     generation = dict(
         max_new_tokens=max_new_tokens, stop_at=("\n",), batch_size=batch_size, progress=progress
@@ -290,10 +186,24 @@ def _score(model, pair_set, records, targets: dict, batch_size: int) -> pd.DataF
 
 
 def evaluate(
-    model,
-    pair_sets: Sequence[str] = ("negative_positive", "rude_polite"),
-    strengths: Sequence[float] = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12),
-    **options,
-) -> dict[str, StyleEvaluation]:
-    """``evaluate_pairs`` on each pair set."""
-    return {name: evaluate_pairs(model, name, strengths, **options) for name in pair_sets}
+    model, pair_sets: Sequence[str], settings: Settings = DEFAULT_SETTINGS, progress: bool = True
+) -> StyleResults:
+    """No steering vs ICL prompting vs ICV over the λ sweep ``settings.strengths`` on each pair
+    set (``evaluate_pairs`` with the settings' sizes and seed)."""
+    if isinstance(pair_sets, str):
+        pair_sets = (pair_sets,)
+    settings = settings.replace(pair_sets=tuple(pair_sets))
+    evaluations = {
+        name: evaluate_pairs(
+            model,
+            name,
+            settings.strengths,
+            n_demonstrations=settings.n_demonstrations,
+            n_test=settings.n_test,
+            max_new_tokens=settings.max_new_tokens,
+            seed=settings.seed,
+            progress=progress,
+        )
+        for name in settings.pair_sets
+    }
+    return StyleResults(evaluations, settings)

@@ -24,13 +24,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_mech.activations import read_activations
+from icl_mech.activations import last_token_states
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import points
-from icl_mech.icv.vector import EXTRACTION_POINT, ICV
+from icl_mech.icv.vector import ICV
 from icl_mech.prompts import Demonstration
 
-__all__ = ["ICV", "as_pairs", "extract_icv", "first_component", "last_token_states"]
+__all__ = ["ICV", "as_pairs", "extract_icv", "first_component"]
 
 
 def as_pairs(pairs: Sequence) -> list[tuple[str, str]]:
@@ -51,24 +50,6 @@ def as_pairs(pairs: Sequence) -> list[tuple[str, str]]:
             )
         out.append((pair[0], pair[1]))
     return out
-
-
-def last_token_states(
-    model,
-    texts: Sequence[str],
-    layers: Sequence[int],
-    batch_size: int = 32,
-    progress: bool = False,
-) -> Float[Tensor, "n layers d_model"]:
-    """``hook_resid_post`` at each text's last token for the given layers (float32, CPU).
-
-    Texts are grouped by length to keep padding short; padding changes no number (the
-    attention mask hides it), so the grouping does not change the result.
-    """
-    names = points(model, EXTRACTION_POINT, layers)
-    label = "ICV states" if progress else False
-    states = read_activations(model, texts, names, "last", batch_size, label, sort=True)
-    return states.float()
 
 
 def first_component(
@@ -98,21 +79,21 @@ def extract_icv(
     layers: Sequence[int] | None = None,
     prefixes: tuple[str, str] = ("", ""),
     batch_size: int = 32,
-    seed: int = 0,
     progress: bool = False,
 ) -> ICV:
     """Extract an in-context vector from (x, y) pairs; ``x`` is the source style, ``y`` the target.
 
     ``prefixes`` are prepended to x and to y (the reference code's ``prefix``); ``layers``
-    defaults to every layer. ``seed`` is recorded as provenance (of how the pairs were drawn);
-    extraction itself is deterministic.
+    defaults to every layer. Extraction is deterministic (no seed); a caller that drew the pairs
+    with a seed records it with ``dataclasses.replace(icv, seed=seed)``.
     """
     pairs = as_pairs(pairs)
     layers = list(range(model.cfg.n_layers)) if layers is None else sorted(set(layers))
     if not layers:
         raise IclMechError("extract_icv: no layers given")
     texts = [prefixes[0] + x for x, _ in pairs] + [prefixes[1] + y for _, y in pairs]
-    states = last_token_states(model, texts, layers, batch_size, progress)
+    label = "ICV states" if progress else False
+    states = last_token_states(model, texts, layers, batch_size, label, sort=True).float()
     x_states, y_states = states[: len(pairs)], states[len(pairs) :]
     differences = einops.rearrange(y_states - x_states, "n layers d -> n (layers d)")
     if not bool(differences.abs().max() > 0):
@@ -142,5 +123,4 @@ def extract_icv(
         prefixes=tuple(prefixes),
         n_pairs=len(pairs),
         explained_variance=ratio,
-        seed=seed,
     )

@@ -8,8 +8,10 @@ from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
-from icl_mech.icv.evaluate import StyleEvaluation
-from icl_mech.icv.extract import ICV
+from icl_mech import display
+from icl_mech.icv.results import StyleEvaluation
+from icl_mech.icv.vector import ICV
+from icl_mech.show import cards
 
 PANELS = (
     ("style", "style score (↑ target style)"),
@@ -90,3 +92,19 @@ def layers_figure(icv: ICV) -> Figure:
     fig.suptitle(f"{icv!r}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --- notebook cards ---------------------------------------------------------------------
+
+
+@display.renders(ICV)
+def icv_card(icv: ICV) -> str:
+    """Per layer the norms of the ICV and of the mean difference and their cosine, as a
+    table and a figure."""
+    items = {"model": icv.model_name, "layers": cards.layer_span(icv.layers)}
+    return cards.card(
+        f"ICV from {icv.n_pairs} demonstration pairs",
+        cards.table(icv.to_frame()),
+        cards.figure(layers_figure(icv), "ICV and mean difference per layer"),
+        items=items | {"d_model": icv.d_model, "explained variance": icv.explained_variance},
+    )

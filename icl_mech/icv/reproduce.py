@@ -4,41 +4,14 @@ bundled pair sets, through the runner."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import pandas as pd
 
-from icl_mech import settings as base
-from icl_mech.errors import IclMechError
-from icl_mech.icv.evaluate import STYLE_METRICS, StyleEvaluation, evaluate
+from icl_mech.icv.evaluate import evaluate
 from icl_mech.icv.figures import examples_figure, layers_figure, sweep_figure
+from icl_mech.icv.results import StyleEvaluation
+from icl_mech.icv.settings import Settings
 from icl_mech.icv.worked import PARAPHRASE_EXAMPLE, SENTIMENT_PAIRS, worked_example
-from icl_mech.runner import Report
-
-
-@dataclass(frozen=True)
-class Settings(base.Settings):
-    """Per pair set: the first ``n_demonstrations`` pairs (after a seeded shuffle) make the ICV
-    and the ICL prompt, the next ``n_test`` sources are paraphrased greedily with no steering,
-    with ICL and with the ICV at each λ in ``strengths``."""
-
-    QUICK = dict(n_test=4, n_demonstrations=8, strengths=(0.04, 0.08), max_new_tokens=16)
-    pair_sets: tuple[str, ...] = tuple(STYLE_METRICS)
-    n_test: int = 16
-    n_demonstrations: int = 16
-    strengths: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12)
-    max_new_tokens: int = 24
-    example_strength: float = 0.06  # the λ shown in the before/after table (else the largest)
-    paraphrase_strengths: tuple[float, ...] = (0.05, 0.1)  # of the worked example
-
-    def check(self) -> None:
-        base.known(self, "pair_sets", STYLE_METRICS)
-        base.positive(self, "n_test", "n_demonstrations", "max_new_tokens")
-        for name in ("strengths", "paraphrase_strengths"):
-            values = getattr(self, name)
-            if not values or not all(math.isfinite(v) for v in values):
-                raise IclMechError(f"icv settings: {name} must be finite numbers, got {values}")
+from icl_mech.report import Report
 
 
 def compute(model, settings: Settings, progress: bool = True) -> Report:
@@ -49,17 +22,8 @@ def compute(model, settings: Settings, progress: bool = True) -> Report:
         settings.paraphrase_strengths,
         max_new_tokens=settings.max_new_tokens,
     )
-    evaluations = evaluate(
-        model,
-        settings.pair_sets,
-        settings.strengths,
-        n_demonstrations=settings.n_demonstrations,
-        n_test=settings.n_test,
-        max_new_tokens=settings.max_new_tokens,
-        seed=settings.seed,
-        progress=progress,
-    )
-    summary = pd.concat([e.to_frame() for e in evaluations.values()], ignore_index=True)
+    evaluations = evaluate(model, settings.pair_sets, settings, progress=progress)
+    summary = evaluations.to_frame()
     examples = _example_tables(paraphrase, evaluations, settings)
     return Report(
         "icv",

@@ -32,8 +32,8 @@ from torch import Tensor
 
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Intervention, points, position_mask, register
-from icl_mech.icv.vector import ICV
 from icl_mech.positions import BATCH_SELECTORS, Positions
+from icl_mech.vectors import Vector
 
 GENERATION_POSITIONS = ("all", "prompt", "new")
 STEERED_POINT = "hook_mlp_out"
@@ -86,24 +86,24 @@ def _steer(
 class ICVSteering(Intervention):
     """Steer ``blocks.{l}.hook_mlp_out`` towards in-context vectors, preserving the norm.
 
-    ``strengths``: one λ per ICV (a float for a single ICV), or a ``[batch, n_icvs]`` tensor
+    ``strength``: one λ per ICV (a float for a single ICV), or a ``[batch, n_icvs]`` tensor
     for a different λ per row. ``layers`` defaults to every layer of the ICVs.
     """
 
-    icvs: ICV | Sequence[ICV]
-    strengths: float | Sequence[float] | Tensor = 0.1
+    icvs: Vector | Sequence[Vector]  # ICVs (icl_mech.icv.ICV)
+    strength: float | Sequence[float] | Tensor = 0.1
     layers: Sequence[int] | None = None
     positions: Positions = "all"
     prompt_length: int | None = None
 
     def __post_init__(self):
-        self.icvs = [self.icvs] if isinstance(self.icvs, ICV) else list(self.icvs)
+        self.icvs = [self.icvs] if isinstance(self.icvs, Vector) else list(self.icvs)
         if not self.icvs:
             raise IclMechError("ICVSteering: no ICVs given")
         for i, icv in enumerate(self.icvs):
-            if not isinstance(icv, ICV):
+            if getattr(icv, "kind", None) != "icv":
                 raise IclMechError(f"ICVSteering: item {i} is a {type(icv).__name__}, not an ICV")
-        self._lambdas = _strength_tensor(self.strengths, len(self.icvs))
+        self._lambdas = _strength_tensor(self.strength, len(self.icvs))
         known = (*GENERATION_POSITIONS, "last", *BATCH_SELECTORS)
         if isinstance(self.positions, str) and self.positions not in known:
             raise IclMechError(
@@ -121,7 +121,7 @@ class ICVSteering(Intervention):
             raise IclMechError(
                 f"ICVSteering: rows {start}:{stop} asked, strengths cover {len(self._lambdas)}"
             )
-        return replace(self, strengths=self._lambdas[start:stop])
+        return replace(self, strength=self._lambdas[start:stop])
 
     def steered_layers(self, model) -> list[int]:
         for icv in self.icvs:
@@ -201,7 +201,7 @@ class ICVSteering(Intervention):
         lam = self._lambdas
         shown = lam.tolist() if lam.ndim == 1 else f"Tensor{list(lam.shape)}"
         return (
-            f"ICVSteering(icvs={self.icvs!r}, strengths={shown}, layers="
+            f"ICVSteering(icvs={self.icvs!r}, strength={shown}, layers="
             f"{'all' if self.layers is None else list(self.layers)}, positions={self.positions!r})"
         )
 

@@ -32,6 +32,7 @@ def _missing(package: str, module: str) -> IclMechError:
 @cache
 def _vader():
     try:
+        # optional: the text-metrics extra
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError:
         raise _missing("vaderSentiment", "vaderSentiment") from None
@@ -47,7 +48,7 @@ def sentiment(texts: Sequence[str]) -> list[float]:
 def offensiveness(texts: Sequence[str]) -> list[float]:
     """Probability that each text is offensive (alt-profanity-check)."""
     try:
-        from profanity_check import predict_prob
+        from profanity_check import predict_prob  # optional: the text-metrics extra
     except ImportError:
         raise _missing("alt-profanity-check", "profanity_check") from None
     if not texts:
@@ -70,7 +71,7 @@ def sentence_bleu(outputs: Sequence[str], sources: Sequence[str]) -> list[float]
 
 def _sacrebleu():
     try:
-        import sacrebleu
+        import sacrebleu  # optional: the text-metrics extra
     except ImportError:
         raise _missing("sacrebleu", "sacrebleu") from None
     return sacrebleu

@@ -9,7 +9,6 @@ norm-preserving ``ICVSteering`` of every layer's MLP output.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -17,7 +16,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_mech import display
 from icl_mech.errors import IclMechError
+from icl_mech.icv.steering import ICVSteering
 from icl_mech.positions import Positions
 from icl_mech.vectors import Vector, package_version
 
@@ -41,7 +42,7 @@ class ICV(Vector):
     prefixes: tuple[str, str] = ("", "")
     n_pairs: int = 0
     explained_variance: float = math.nan  # of the first component, among the differences
-    seed: int = 0
+    seed: int | None = None  # the seed that drew the pairs, where one did
     version: str = field(default_factory=package_version)
 
     def __post_init__(self):
@@ -76,15 +77,14 @@ class ICV(Vector):
         """Where the ICV came from, as saved."""
         return self.record()
 
-    def intervention(
+    def build(
         self,
+        *,
+        layers: tuple[int, ...] | None,
         strength: float = 0.1,
-        layers: Sequence[int] | None = None,
         positions: Positions = "all",
-    ):
+    ) -> ICVSteering:
         """``ICVSteering`` of every (or the given) layer's MLP output with strength λ."""
-        from icl_mech.icv.steering import ICVSteering
-
         return ICVSteering(self, strength, layers=layers, positions=positions)
 
     def tensors(self) -> dict[str, Tensor]:
@@ -135,18 +135,8 @@ class ICV(Vector):
         )
 
     def _repr_html_(self) -> str:
-        """Per layer the norms of the ICV and of the mean difference and their cosine, as a
-        table and a figure."""
-        from icl_mech.icv.figures import layers_figure
-        from icl_mech.show import cards
-
-        items = {"model": self.model_name, "layers": cards.layer_span(self.layers)}
-        return cards.card(
-            f"ICV from {self.n_pairs} demonstration pairs",
-            cards.table(self.to_frame()),
-            cards.figure(layers_figure(self), "ICV and mean difference per layer"),
-            items=items | {"d_model": self.d_model, "explained variance": self.explained_variance},
-        )
+        """The ICV's card (per-layer norms and cosines), drawn by :mod:`icl_mech.icv.figures`."""
+        return display.html(self)
 
     def __repr__(self) -> str:
         return (

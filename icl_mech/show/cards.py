@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 
@@ -143,9 +144,8 @@ def figure(
 
 def close_figure(fig: Figure) -> None:
     """Forget the figure in pyplot if pyplot holds it, and drop its artists."""
-    if getattr(fig.canvas, "manager", None) is not None:
-        from matplotlib import pyplot
-
+    pyplot = sys.modules.get("matplotlib.pyplot")  # a figure pyplot holds: pyplot is loaded
+    if pyplot is not None and getattr(fig.canvas, "manager", None) is not None:
         pyplot.close(fig)
     fig.clear()
 

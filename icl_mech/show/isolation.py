@@ -21,7 +21,7 @@ from torch import Tensor
 from icl_mech import validate
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import Hooked, collect_specs
-from icl_mech.prompts import PromptBatch
+from icl_mech.prompt_batch import PromptBatch
 from icl_mech.show.tokens import (
     ROLE_COLOURS,
     _row_tokens,

@@ -22,6 +22,7 @@ from icl_mech import validate
 from icl_mech.errors import IclMechError
 from icl_mech.plotting import figure as new_figure
 from icl_mech.show.tokens import _visible, legend_html, token_line, token_span
+from icl_mech.task_vectors.vector import TaskVector
 
 _RGB = (49, 130, 189)
 _CELL_CHARS = 12
@@ -67,8 +68,6 @@ def logit_lens(
 
     ``vectors``: ``[layer, d_model]`` with ``layers`` (default: every layer of the model, in
     order), or a ``TaskVector`` (its mean over demonstration sets, at its own layers)."""
-    from icl_mech.task_vectors.vector import TaskVector
-
     if isinstance(vectors, TaskVector):
         if layers is not None:
             raise IclMechError("logit_lens: a TaskVector brings its own layers; give layers=None")

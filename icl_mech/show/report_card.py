@@ -1,10 +1,15 @@
 """The report card of ``icl-mech check`` as one self-contained HTML page: the verdicts with
-their evidence, then the pictures behind them (figures inlined as PNG, token pictures as HTML).
+their evidence, then the pictures behind them (figures inlined as PNG, token pictures as HTML);
+and the notebook card of a reproduction's ``Report``.
 """
 
 from __future__ import annotations
 
-from icl_mech.show.cards import card, escape, figure, note, page
+import pandas as pd
+
+from icl_mech import display
+from icl_mech.report import ABOUT, Report, cell, flatten
+from icl_mech.show.cards import card, escape, figure, interval, note, page, table
 
 ANSWER_COLOURS = {"yes": "#1a7f37", "weak": "#9a6700", "no": "#cf222e"}
 _CELL = "padding:4px 10px;border-bottom:1px solid #eaeef2;vertical-align:top"
@@ -54,3 +59,29 @@ def _settings_line(settings) -> str:
     if settings == cls(threads=settings.threads):
         return "default"
     return "custom"
+
+
+@display.renders(Report)
+def report_card(report: Report) -> str:
+    """The headline numbers (``x`` with its ``x_ci`` as ``0.60 [0.52, 0.68]``), the
+    tables' names and sizes, and every figure inline (the report keeps its figures)."""
+    values, rows = flatten(report.headline), []
+    for key, value in values.items():
+        if key.endswith("_ci") and key.removesuffix("_ci") in values:
+            continue  # shown beside its value
+        bounds = values.get(f"{key}_ci")
+        if isinstance(value, (int, float)) and isinstance(bounds, list) and len(bounds) == 2:
+            value = interval(value, *bounds)
+        rows.append((key, cell(value) if isinstance(value, (list, tuple)) else value))
+    paper = ABOUT[report.name].paper if report.name in ABOUT else ""
+    sizes = {f"table {n}": f"{len(t)} × {t.shape[1]}" for n, t in report.tables.items()}
+    return card(
+        report.summary().splitlines()[0],
+        note(paper) if paper else "",
+        table(pd.DataFrame(rows, columns=["headline", "value"]), max_rows=None),
+        *(
+            figure(picture, name, close=False, caption=name)
+            for name, picture in report.figures.items()
+        ),
+        items=sizes,
+    )

@@ -31,9 +31,11 @@ from torch import Tensor
 from icl_mech import validate
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import Hooked, HookSpec, collect_specs, run
-from icl_mech.interventions import position_dim
-from icl_mech.prompts import ROLES, PromptBatch
+from icl_mech.hooks import Hooked, HookSpec, run
+from icl_mech.icl_prompt import ROLES
+from icl_mech.icv.generation import generate
+from icl_mech.prompt_batch import PromptBatch
+from icl_mech.show.recorder import Recorder
 from icl_mech.show.tokens import (
     ROLE_COLOURS,
     TARGET_EDGE,
@@ -198,63 +200,10 @@ class Sites:
         return self.html(0)
 
 
-class _Recorder:
-    """Wraps hook functions; keeps, per (item, hook point), the changed entries of each call."""
-
-    def __init__(self):
-        self.calls: dict[tuple[int, str], list[tuple[int, Tensor]]] = {}
-        self.seen: dict[tuple[int, str], int] = {}
-
-    def wrap_items(self, model, items, batch) -> list[HookSpec]:
-        wrapped = []
-        for index, item in enumerate(items):  # an item without hooks (λ = 0) records nothing
-            wrapped += [self.wrap(index, spec) for spec in collect_specs(model, [item], batch)]
-        return wrapped
-
-    def wrap(self, index: int, spec: HookSpec) -> HookSpec:
-        if spec.direction != "fwd":
-            return spec
-
-        def recorded(activation, hook):
-            before = activation.detach().clone()
-            out = spec.fn(activation, hook)
-            self.note(index, hook.name, before, activation if out is None else out)
-            return out
-
-        return HookSpec(spec.point, recorded, spec.direction)
-
-    def note(self, index: int, name: str, before: Tensor, after: Tensor) -> None:
-        if after.shape != before.shape:
-            raise IclMechError(
-                f"the hook at {name!r} returned shape {tuple(after.shape)} for an activation of "
-                f"shape {tuple(before.shape)}"
-            )
-        after = after.detach()
-        changed = (after != before) & ~(after.isnan() & before.isnan())
-        changed = changed if changed.ndim > 1 else changed[:, None]
-        dim = min(position_dim(name), changed.ndim - 1)
-        changed = changed.movedim(dim, 1).reshape(*changed.shape[:1], changed.shape[dim], -1)
-        key, n = (index, name), changed.shape[1]
-        seen = self.seen.get(key, 0)
-        offset = seen if n == 1 and seen > 0 else 0
-        self.seen[key] = offset + n
-        self.calls.setdefault(key, []).append((offset, changed.any(-1).cpu()))
-
-    def changed(self, size: int, length: int) -> dict[tuple[int, str], Tensor]:
-        out = {}
-        for key, calls in self.calls.items():
-            total = max([length] + [offset + mask.shape[1] for offset, mask in calls])
-            mask = torch.zeros(size, total, dtype=torch.bool)
-            for offset, part in calls:
-                mask[:, offset : offset + part.shape[1]] |= part
-            out[key] = mask[:, :length]
-        return out
-
-
 def record_sites(model, batch: PromptBatch, *items: Hooked | HookSpec, **forward_kwargs) -> Sites:
     """Run the batch once with the items attached (no gradients); where did they act?"""
     validate.batch(model, batch)
-    recorder = _Recorder()
+    recorder = Recorder()
     specs = recorder.wrap_items(model, items, batch)
     with torch.no_grad():
         run(model, batch, *specs, **forward_kwargs)
@@ -270,15 +219,13 @@ def record_generation_sites(
 ) -> Sites:  # fmt: skip
     """Generate from the prompts (one batch, key/value cache on unless ``use_cache=False``)
     with the items attached; which prompt and generated positions did they change?"""
-    from icl_mech.icv.generation import generate
-
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if "batch_size" in generate_kwargs:
         raise IclMechError("record_generation_sites runs the prompts as one batch: no batch_size")
     if not prompts:
         raise IclMechError("record_generation_sites: no prompts given")
     ((_, batch),) = batched(model, prompts, len(prompts))  # the batch generate makes
-    recorder = _Recorder()
+    recorder = Recorder()
     specs = recorder.wrap_items(model, items, None)
     out = generate(model, prompts, *specs, max_new_tokens=max_new_tokens,
                    batch_size=len(prompts), **generate_kwargs)  # fmt: skip

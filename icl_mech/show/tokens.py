@@ -12,9 +12,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 from torch import Tensor
 
-from icl_mech import validate
+from icl_mech import display, validate
 from icl_mech.errors import IclMechError
-from icl_mech.prompts import ROLES
+from icl_mech.icl_prompt import ROLES
+from icl_mech.prompt_batch import PromptBatch
 
 ROLE_COLOURS = {
     "bos": "#d9d9d9",
@@ -134,6 +135,12 @@ def prompt_html(batch, rows: Iterable[int] = (0,), title: str | None = None) -> 
         blocks.append(token_line(f"row {row}", spans))
     head = f'<div style="font:bold 13px sans-serif">{html.escape(title)}</div>' if title else ""
     return f"<div>{head}{legend_html()}{''.join(blocks)}</div>"
+
+
+@display.renders(PromptBatch)
+def batch_card(batch: PromptBatch) -> str:
+    """The first four rows, every token coloured by its role."""
+    return prompt_html(batch, rows=range(min(len(batch), 4)), title=repr(batch))
 
 
 def prompt_figure(batch, row: int = 0, chars_per_line: int = _CHARS_PER_LINE) -> Figure:

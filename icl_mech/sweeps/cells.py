@@ -17,11 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from icl_mech.errors import IclMechError
-from icl_mech.sweeps.grid import EMBEDDED, TINY_MODELS, Cell
+from icl_mech.report import Report, flatten
+from icl_mech.sweeps.grid import Cell
 from icl_mech.sweeps.placement import Load, load_named
 from icl_mech.sweeps.store import Store
+from icl_mech.version import __version__
 
 CONFIG_COLUMNS = ("method", "model", "task", "seed")
 PROVENANCE_COLUMNS = (
@@ -43,7 +46,7 @@ def model_for(name: str, load: Load = ()):
         if key not in _models:
             while len(_models) >= MODELS_KEPT:
                 _models.popitem(last=False)
-            _models[key] = load_named(name, load, TINY_MODELS, EMBEDDED)
+            _models[key] = load_named(name, load)
         _models.move_to_end(key)
         return _models[key]
 
@@ -51,8 +54,6 @@ def model_for(name: str, load: Load = ()):
 def compute(cell: Cell) -> pd.DataFrame:
     """The cell's rows: its result (headline as one row, or a report table) and its config.
     Seeded from the cell alone, without changing the caller's random state."""
-    import torch
-
     model = model_for(cell.model, cell.load) if cell.spec.needs_model else None
     python_state, numpy_state = random.getstate(), np.random.get_state()
     start = time.perf_counter()
@@ -67,7 +68,6 @@ def compute(cell: Cell) -> pd.DataFrame:
         np.random.set_state(numpy_state)
     seconds = time.perf_counter() - start
     rows = result_rows(result, cell.table)
-    from icl_mech import __version__
 
     config = {
         "method": cell.method,
@@ -92,8 +92,6 @@ def compute(cell: Cell) -> pd.DataFrame:
 def result_rows(result, table: str) -> pd.DataFrame:
     """A Report's headline as one row (nested keys joined by " / ", ``x_ci`` pairs as
     ``x_low``/``x_high``, other lists as JSON), or its table ``table``."""
-    from icl_mech.runner import Report
-
     if isinstance(result, pd.DataFrame):
         frame = result
     elif table != "headline":
@@ -114,8 +112,6 @@ def result_rows(result, table: str) -> pd.DataFrame:
 
 
 def _headline_row(headline: dict) -> dict:
-    from icl_mech.runner import flatten
-
     row = {}
     for key, value in flatten(headline).items():
         if key.endswith("_ci") and isinstance(value, (list, tuple)) and len(value) == 2:

@@ -41,7 +41,7 @@ def check_executor(executor: str, address: str | None, workers: int | None) -> N
 
 def import_ray():
     try:
-        import ray
+        import ray  # optional: the ray extra, for the ray executor only
     except ImportError:
         raise IclMechError(
             "the ray executor needs Ray: pip install 'icl_mech[ray]' (or use --executor local)"

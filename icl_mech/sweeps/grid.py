@@ -14,9 +14,11 @@ A grid is a TOML file or a dict::
     n_dev = 8
     pairs = [["country_continent", "country_capital"]]
 
-Models: ``tiny-gpt2`` / ``tiny-llama`` (``tiny_model(arch)``, seed 0), ``embedded``
-(``load_model()``), or any name or folder ``load_model`` takes. A task is put in the method's
-task setting (``tasks=(task,)``; ``pair_sets`` for icv) and a seed in ``seed``; setting either in
+Models: the names ``load_model`` takes (``icl_mech.models.MODELS``: ``tiny-gpt2`` /
+``tiny-llama``, ``embedded``, ``gemma-3-270m``; a folder; a TransformerLens name). Tasks: bundled
+names, task files (``"succ.csv"``, options in ``succ.task.json``; relative to the current
+directory) or, in a dict grid, ``Task`` objects. A task is put in the method's task setting
+(``tasks=(task,)``; ``pair_sets`` for icv) and a seed in ``seed``; setting either in
 ``[settings]`` is refused. A method without a task setting (icl-gd) refuses a tasks axis, and
 one without a model (icl-gd) a models axis; its cells have ``task=None`` / ``model=None``.
 Other methods (``Method``) can be passed by name to ``Grid.load(..., methods=...)``.
@@ -33,13 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from icl_mech.errors import IclMechError
+from icl_mech import model_names
+from icl_mech.errors import IclMechError, unknown
+from icl_mech.prompts import Task
+from icl_mech.runner import REPRODUCTIONS
 from icl_mech.settings import Settings
 from icl_mech.sweeps.methods import Method, builtin_method
 from icl_mech.sweeps.placement import Load, check_load
+from icl_mech.tasks import label
 
-TINY_MODELS = {"tiny-gpt2": "gpt2", "tiny-llama": "llama"}
-EMBEDDED = "embedded"
+TINY_MODELS = model_names.TINY
+EMBEDDED = model_names.EMBEDDED
 GRID_KEYS = ("method", "models", "tasks", "seeds", "quick", "table", "load", "settings")
 
 
@@ -128,10 +134,10 @@ class Grid:
     def from_toml(cls, path: str | Path, methods: Mapping[str, Method] | None = None) -> Grid:
         path = Path(path).expanduser()
         try:
-            import tomllib
+            import tomllib  # standard library from Python 3.11
         except ModuleNotFoundError:  # Python 3.10
             try:
-                import tomli as tomllib
+                import tomli as tomllib  # optional: Python 3.10's TOML reader
             except ModuleNotFoundError:
                 raise IclMechError(
                     "reading a TOML grid needs Python >= 3.11 or the tomli package "
@@ -152,17 +158,13 @@ class Grid:
     def from_dict(
         cls, spec: Mapping, methods: Mapping[str, Method] | None = None, source: str = "grid"
     ) -> Grid:
-        unknown = sorted(set(spec) - set(GRID_KEYS))
-        if unknown:
-            raise IclMechError(f"{source}: unknown key(s) {unknown}; valid keys: {list(GRID_KEYS)}")
-        from icl_mech.runner import REPRODUCTIONS
+        for key in sorted(set(spec) - set(GRID_KEYS)):
+            raise IclMechError(f"{source}: {unknown('key', key, GRID_KEYS)}")
 
         extra = dict(methods or {})
         name = spec.get("method")
         if not isinstance(name, str) or name not in {*REPRODUCTIONS, *extra}:
-            raise IclMechError(
-                f"{source}: unknown method {name!r}; choose one of {[*REPRODUCTIONS, *extra]}"
-            )
+            raise IclMechError(f"{source}: {unknown('method', name, [*REPRODUCTIONS, *extra])}")
         method = extra[name] if name in extra else builtin_method(name)
         quick = spec.get("quick", False)
         if not isinstance(quick, bool):
@@ -187,11 +189,12 @@ class Grid:
                     values = dict(overrides, seed=seed)
                     if method.task_field is not None:
                         values[method.task_field] = (task,)
+                    shown = None if task is None else label(task)
                     try:
                         settings = base(**values)
                     except IclMechError as error:
-                        raise IclMechError(f"{source} (task={task!r}): {error}") from None
-                    cells.append(Cell(name, model, task, seed, settings, table, method, load))
+                        raise IclMechError(f"{source} (task={shown!r}): {error}") from None
+                    cells.append(Cell(name, model, shown, seed, settings, table, method, load))
         return cls(name, models, tasks, seeds, overrides, quick, table, tuple(cells), source, load)
 
 
@@ -225,25 +228,10 @@ def _models(spec: Mapping, method: Method, name: str, source: str) -> tuple:
 
 
 def check_model(model, source: str = "grid") -> str:
-    """A model name a cell can load: a tiny model, the embedded one, a local Hugging Face folder
-    or a TransformerLens name (checked without loading anything)."""
-    if model in TINY_MODELS or model == EMBEDDED:
-        return model
-    shortcuts = [*TINY_MODELS, EMBEDDED]
-    if not isinstance(model, str) or not model.strip():
-        raise IclMechError(f"{source}: model {model!r} is not a name; use one of {shortcuts}")
-    from icl_mech.models import GEMMA_NAME, _source
-
-    if model.strip().lower() == GEMMA_NAME:
-        return model
-    try:
-        _source(model)
-    except IclMechError as error:
-        raise IclMechError(
-            f"{source}: unknown model {model!r}; use one of {shortcuts}, a local Hugging Face "
-            f"folder or a TransformerLens name ({error})"
-        ) from None
-    return model
+    """A model name a cell can load, checked without loading anything: the same names as
+    ``load_model`` (:mod:`icl_mech.model_names`: ``tiny-gpt2``, ``tiny-llama``, ``embedded``,
+    ``gemma-3-270m``), a local Hugging Face folder or a TransformerLens name."""
+    return model_names.check_name(model, where=source)
 
 
 def _tasks(spec: Mapping, method: Method, name: str, source: str) -> tuple:
@@ -255,9 +243,9 @@ def _tasks(spec: Mapping, method: Method, name: str, source: str) -> tuple:
             )
         return (None,)
     tasks = _axis(spec, "tasks", source)
-    bad = [t for t in tasks if not isinstance(t, str)]
+    bad = [t for t in tasks if not isinstance(t, (str, Task))]
     if bad:
-        raise IclMechError(f"{source}: tasks must be names, got {bad}")
+        raise IclMechError(f"{source}: tasks must be names, task files or Tasks, got {bad}")
     return tuple(tasks)
 
 

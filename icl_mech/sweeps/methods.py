@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from icl_mech.runner import REPRODUCTIONS, reproduce
 from icl_mech.settings import Settings
 
 # the setting that holds a reproduction's tasks; None: it has none
@@ -33,15 +34,11 @@ class Method:
 
 
 def _reproduce(name: str, model, settings: Settings):
-    from icl_mech.runner import reproduce
-
     return reproduce(name, model, settings, progress=False)
 
 
 def builtin_method(name: str) -> Method:
     """The reproduction ``name`` as a sweep method (imports only its own module)."""
-    from icl_mech.runner import REPRODUCTIONS
-
     reproduction = REPRODUCTIONS[name]
     return Method(
         reproduction.settings_class(),

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from icl_mech.errors import IclMechError
+from icl_mech.models import load_model
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 BACKENDS = ("hooked", "bridge")
@@ -39,8 +42,6 @@ def check_load(values, source: str = "grid") -> Load:
 
 
 def _device(value) -> str | None:
-    import torch
-
     try:
         parsed = torch.device(value) if isinstance(value, str) else None
     except RuntimeError:
@@ -69,22 +70,7 @@ def gpus_per_cell(load: Load) -> int:
     return options.get("n_devices", 1) if str(options.get("device", "")).startswith("cuda") else 0
 
 
-def load_named(name: str, load: Load, tiny: Mapping[str, str], embedded: str):
-    """The model a grid names, loaded with the grid's options (a tiny model is built on the CPU
-    in float32 and then moved)."""
-    import contextlib
-    import io
-
-    import torch
-
-    from icl_mech.models import load_model, tiny_model
-
-    options = dict(load)
-    if "dtype" in options:
-        options["dtype"] = getattr(torch, options["dtype"])
-    if name in tiny:
-        model = tiny_model(tiny[name], backend=options.pop("backend", None))
-        options.pop("n_devices", None)
-        with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens reports each move
-            return model.to(options.get("device", "cpu")).to(options.get("dtype", torch.float32))
-    return load_model(None if name == embedded else name, **options)
+def load_named(name: str, load: Load):
+    """The model a grid names (``load_model``'s catalogue: the same names everywhere), loaded
+    with the grid's options (a tiny model is built on the CPU in float32 and then moved)."""
+    return load_model(name, **dict(load))

@@ -59,8 +59,9 @@ class Store:
     def inspect(self, key: str) -> tuple[pd.DataFrame | None, str | None]:
         """``(rows, None)`` for a valid file, ``(None, None)`` for none, ``(None, problem)``
         for a corrupt one."""
+        # optional: the sweep extra (the Parquet store)
         import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # the same extra
 
         path = self.result_path(key)
         if not path.exists():
@@ -80,7 +81,7 @@ class Store:
 
     def write(self, key: str, frame: pd.DataFrame, config: dict) -> Path:
         """Store ``frame`` as the cell's result, atomically."""
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # optional: the sweep extra
 
         table = _arrow(frame)
         stamp = {
@@ -181,7 +182,7 @@ class Store:
 
 def _arrow(frame: pd.DataFrame):
     """The frame as an Arrow table; object columns Arrow cannot type become text."""
-    import pyarrow as pa
+    import pyarrow as pa  # optional: the sweep extra
 
     try:
         return pa.Table.from_pandas(frame, preserve_index=False)
@@ -225,7 +226,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def missing_pyarrow() -> IclMechError | None:
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow  # noqa: F401 - optional: the sweep extra; is it installed?
     except ImportError:
         return IclMechError("the sweep store needs pyarrow: pip install 'icl_mech[sweep]'")
     return None

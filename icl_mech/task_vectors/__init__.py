@@ -10,7 +10,6 @@ from icl_mech.task_vectors.evaluate import evaluate, evaluate_task
 from icl_mech.task_vectors.extract import (
     draw_dummies,
     extract,
-    last_token_states,
     mean_difference,
     sample_sets,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "draw_dummies",
     "extract",
     "greedy",
-    "last_token_states",
     "mean_difference",
     "naive_sweep_logits",
     "sample_sets",

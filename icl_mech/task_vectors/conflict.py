@@ -19,7 +19,8 @@ from icl_mech import stats
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import run
-from icl_mech.prompts import Demonstration, ICLPrompt, Task
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.prompts import Demonstration, Task
 from icl_mech.task_vectors.evaluate import DEFAULT_SETTINGS
 from icl_mech.task_vectors.extract import draw_dummies, extract, mean_difference
 from icl_mech.task_vectors.settings import Settings
@@ -83,7 +84,7 @@ def conflicting_tasks(
     task_b: Task,
     layer_replace: int,
     layer_add: int,
-    protocol: Settings = DEFAULT_SETTINGS,
+    settings: Settings = DEFAULT_SETTINGS,
     mean_difference_b: TaskVector | None = None,
 ) -> ConflictResult:
     """Which task the answer follows: without patch, with θ_B replaced, with B's difference added.
@@ -97,16 +98,16 @@ def conflicting_tasks(
             f"tasks {task_a.name!r} and {task_b.name!r} share {len(shared)} inputs with different "
             "answers; conflicting tasks need inputs both tasks answer"
         )
-    rng = random.Random(protocol.seed)
-    chosen = rng.sample(shared, min(protocol.n_test, len(shared)))
+    rng = random.Random(settings.seed)
+    chosen = rng.sample(shared, min(settings.n_test, len(shared)))
     inputs = {x for x, _, _ in chosen}
     train_a = task_a.with_examples([e for e in task_a.examples if e.x not in inputs])
     train_b = task_b.with_examples([e for e in task_b.examples if e.x not in inputs])
-    k = protocol.n_demonstrations
+    k = settings.n_demonstrations
     sets_a = [train_a.sample_demonstrations(k, rng) for _ in chosen]
     sets_b = [train_b.sample_demonstrations(k, rng) for _ in chosen]
-    dummies_b = draw_dummies(train_b, sets_b, protocol.n_dummies, protocol.seed)
-    theta_b = extract(model, train_b, sets_b, dummies_b, seed=protocol.seed)
+    dummies_b = draw_dummies(train_b, sets_b, settings.n_dummies, settings.seed)
+    theta_b = extract(model, train_b, sets_b, dummies_b, seed=settings.seed)
     if mean_difference_b is None:
         mean_difference_b = mean_difference(model, theta_b, train_b, dummies_b)
     prompts = [
@@ -117,14 +118,14 @@ def conflicting_tasks(
     gold_b = torch.tensor([_first_token(model, task_b, y_b) for _, _, y_b in chosen])
     conditions = {
         "demonstrations only": lambda rows: (),
-        "TV replace (B)": lambda rows: (theta_b.select(rows).intervention(layer_replace),),
+        "TV replace (B)": lambda rows: (theta_b.select(rows).intervention(layer=layer_replace),),
         "TV add (B)": lambda rows: (
-            mean_difference_b.intervention(layer_add, "add", scale=protocol.scale),
+            mean_difference_b.intervention(layer=layer_add, mode="add", strength=settings.strength),
         ),
     }
     follows_a, follows_b, hits_a, hits_b = {}, {}, {}, {}
     for name, items in conditions.items():
-        predicted = _predict(model, prompts, items, protocol.batch_size)
+        predicted = _predict(model, prompts, items, settings.batch_size)
         follows_a[name] = float((predicted == gold_a).float().mean())
         follows_b[name] = float((predicted == gold_b).float().mean())
         hits_a[name], hits_b[name] = (predicted == gold_a).tolist(), (predicted == gold_b).tolist()

@@ -7,7 +7,7 @@ extracted at every layer. The layer is chosen on dev (cached batched sweep), the
 - baseline: the zero-shot prompt ``x ->``;
 - ICL: the demonstrations followed by ``x ->``;
 - TV replace: the zero-shot prompt with the last token's residual after layer L overwritten by θ;
-- TV add: the zero-shot prompt plus ``scale`` times the mean ICL − zero-shot difference
+- TV add: the zero-shot prompt plus ``strength`` times the mean ICL − zero-shot difference
   (measured on the dev extraction prompts) at layer L' (function-vector style).
 
 Accuracy is first-token (greedy) accuracy; ``exact_*`` is the exact match of the full greedy
@@ -26,18 +26,21 @@ from torch import Tensor
 from tqdm import tqdm
 
 from icl_mech.batching import batched
-from icl_mech.errors import IclMechError
 from icl_mech.evaluation import answer_token_ids, predict
-from icl_mech.prompts import ICLPrompt, PromptBatch, Task
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.prompt_batch import PromptBatch
+from icl_mech.prompts import Task
+from icl_mech.task_vectors import plan
 from icl_mech.task_vectors.extract import draw_dummies, extract, mean_difference, sample_sets
 from icl_mech.task_vectors.generate import exact_match, greedy
+from icl_mech.task_vectors.plan import DEV_SEED, TEST_SEED
 from icl_mech.task_vectors.results import TaskResult, TaskVectorResults
 from icl_mech.task_vectors.settings import Settings
 from icl_mech.task_vectors.sweep import LayerSweep, sweep_logits
 from icl_mech.task_vectors.vector import TaskVector
+from icl_mech.tasks import resolve
 
 DEFAULT_SETTINGS = Settings()
-DEV_SEED, TEST_SEED = 11, 12  # added to the protocol's seed for each split's extraction
 
 
 @dataclass
@@ -53,51 +56,26 @@ class SplitData:
     zero_shot_batches: list[tuple[list[int], PromptBatch]]  # (query indices, batch)
 
 
-def splits(task: Task, protocol: Settings) -> tuple[Task, Task, Task]:
-    """(train, dev, test), seeded and disjoint: no example, and no pair in either direction
-    (x → y, y → x: ``Task.groups``), is in two of them. Small tasks get smaller dev/test sets
-    (at most a third / a quarter of the examples) so that demonstrations still come from a
-    varied pool."""
-    size = len(task.examples)
-    n_test = min(protocol.n_test, size // 3)
-    n_dev = min(protocol.n_dev, size // 4)
-    needed = protocol.n_demonstrations + protocol.n_dummies
-    too_few = (
-        f"task {task.name!r} has {size} examples: too few for dev and test sets plus "
-        f"{protocol.n_demonstrations} demonstrations and {protocol.n_dummies} dummy queries"
-    )
-    if min(n_test, n_dev) < 1 or size - n_test - n_dev < needed:
-        raise IclMechError(too_few)
-    pool, test = task.split(n_test, protocol.seed)
-    train, dev = pool.split(n_dev, protocol.seed + 1)
-    if len(train.examples) < needed:  # whole pairs went with dev/test
-        raise IclMechError(f"{too_few} ({len(train.examples)} left for training)")
-    parts = {"train": train, "dev": dev, "test": test}
-    seen: dict = {}
-    for part, split in parts.items():
-        for e in split.examples:
-            for key in (e, frozenset((e.x, e.y))):
-                if seen.setdefault(key, part) != part:
-                    raise IclMechError(
-                        f"task {task.name!r}: {e!r} is in both {seen[key]} and {part}"
-                    )
-    return train, dev, test
+def splits(task: Task, settings: Settings) -> tuple[Task, Task, Task]:
+    """(train, dev, test), seeded and disjoint (:func:`icl_mech.task_vectors.plan.splits`)."""
+    return plan.splits(task, settings.n_test, settings.n_dev, settings.n_demonstrations,
+                       settings.n_dummies, settings.seed)  # fmt: skip
 
 
-def prepare(model, task: Task, train: Task, queries: Sequence, protocol: Settings, seed: int):
+def prepare(model, task: Task, train: Task, queries: Sequence, settings: Settings, seed: int):
     """Per query: its demonstration set, dummies, zero-shot and ICL prompts, and θ."""
-    sets = sample_sets(train, len(queries), protocol.n_demonstrations, seed, queries=queries)
-    dummies = draw_dummies(train, sets, protocol.n_dummies, seed, queries=queries)
-    theta = extract(model, train, sets, dummies, seed=seed, batch_size=protocol.batch_size)
+    sets = sample_sets(train, len(queries), settings.n_demonstrations, seed, queries=queries)
+    dummies = draw_dummies(train, sets, settings.n_dummies, seed, queries=queries)
+    theta = extract(model, train, sets, dummies, seed=seed, batch_size=settings.batch_size)
     zero_shot = [ICLPrompt.zero_shot(task, q) for q in queries]
     icl = [ICLPrompt.build(task, demos, q) for demos, q in zip(sets, queries)]
     gold = answer_token_ids(model, zero_shot)
-    tokenised = list(batched(model, zero_shot, protocol.batch_size))
+    tokenised = list(batched(model, zero_shot, settings.batch_size))
     return SplitData(zero_shot, icl, theta, dummies, gold, tokenised)
 
 
 def layer_curve(
-    model, data: SplitData, vectors, mode: str, protocol: Settings, split: str
+    model, data: SplitData, vectors, mode: str, settings: Settings, split: str
 ) -> LayerSweep:
     """First-token accuracy of the zero-shot prompts with the vectors (``[layer, d_model]``, or
     ``[query, layer, d_model]``) patched in at every layer (cached sweep)."""
@@ -105,7 +83,7 @@ def layer_curve(
     for index, batch in data.zero_shot_batches:
         rows = vectors if vectors.ndim == 2 else vectors[index]
         logits = sweep_logits(
-            model, batch, rows, mode, scale=protocol.scale, groups=protocol.groups
+            model, batch, rows, mode, strength=settings.strength, groups=settings.groups
         )
         correct += (logits.argmax(-1) == data.gold[index]).float().sum(1)
     n = len(data.zero_shot)
@@ -115,14 +93,14 @@ def layer_curve(
     return LayerSweep(task, mode, split, layers, model.cfg.n_layers, accuracy, n)
 
 
-def evaluate_task(model, task: Task, protocol: Settings = DEFAULT_SETTINGS) -> TaskResult:
-    train, dev, test = splits(task, protocol)
-    dev_data = prepare(model, task, train, dev.examples, protocol, protocol.seed + DEV_SEED)
-    test_data = prepare(model, task, train, test.examples, protocol, protocol.seed + TEST_SEED)
-    delta = mean_difference(model, dev_data.theta, train, dev_data.dummies, protocol.batch_size)
-    swept = (("dev", dev_data), ("test", test_data))[: 2 if protocol.test_curves else 1]
+def evaluate_task(model, task: Task, settings: Settings = DEFAULT_SETTINGS) -> TaskResult:
+    train, dev, test = splits(task, settings)
+    dev_data = prepare(model, task, train, dev.examples, settings, settings.seed + DEV_SEED)
+    test_data = prepare(model, task, train, test.examples, settings, settings.seed + TEST_SEED)
+    delta = mean_difference(model, dev_data.theta, train, dev_data.dummies, settings.batch_size)
+    swept = (("dev", dev_data), ("test", test_data))[: 2 if settings.test_curves else 1]
     curves = [
-        layer_curve(model, data, vectors, mode, protocol, split)
+        layer_curve(model, data, vectors, mode, settings, split)
         for split, data in swept
         for mode, vectors in (("replace", data.theta.values), ("add", delta.values[0]))
     ]
@@ -131,7 +109,7 @@ def evaluate_task(model, task: Task, protocol: Settings = DEFAULT_SETTINGS) -> T
     zero_shot = test_data.zero_shot_batches
     runs = {
         "baseline": (zero_shot, None, 0, "replace"),
-        "icl": (list(batched(model, test_data.icl, protocol.batch_size)), None, 0, "replace"),
+        "icl": (list(batched(model, test_data.icl, settings.batch_size)), None, 0, "replace"),
         "tv_replace": (zero_shot, test_data.theta, layer_replace, "replace"),
         "tv_add": (zero_shot, delta, layer_add, "add"),
     }
@@ -139,7 +117,7 @@ def evaluate_task(model, task: Task, protocol: Settings = DEFAULT_SETTINGS) -> T
     answers = {"query": [q.x for q in test.examples], "gold": [q.y for q in test.examples]}
     for condition, (tokenised, vector, layer, mode) in runs.items():
         first, matched, texts = _answers(
-            model, tokenised, test_data.gold, protocol, vector, layer, mode
+            model, tokenised, test_data.gold, settings, vector, layer, mode
         )
         accuracy[condition], exact[condition] = sum(first) / len(first), matched
         answers[condition], correct[condition] = texts, first
@@ -161,12 +139,17 @@ def evaluate_task(model, task: Task, protocol: Settings = DEFAULT_SETTINGS) -> T
 
 
 def evaluate(
-    model, tasks: Sequence[Task], protocol: Settings = DEFAULT_SETTINGS, progress: bool = True
+    model, tasks: Sequence[Task], settings: Settings = DEFAULT_SETTINGS, progress: bool = True
 ) -> TaskVectorResults:
+    """``evaluate_task`` for every task (names, task files or ``Task``s); every task's size is
+    checked before any forward (:mod:`icl_mech.task_vectors.plan`)."""
+    tasks = [resolve(t) for t in tasks]
+    for task in tasks:
+        plan.check_fits(task, plan.sizes_of(settings), settings.seed, "task-vectors")
     results = []
     for task in tqdm(tasks, desc="task vectors", disable=not progress, leave=False):
-        results.append(evaluate_task(model, task, protocol))
-    return TaskVectorResults(results, protocol)
+        results.append(evaluate_task(model, task, settings))
+    return TaskVectorResults(results, settings)
 
 
 def _first_token_accuracy(model, data: SplitData) -> float:
@@ -178,7 +161,7 @@ def _answers(
     model,
     tokenised: list[tuple[list[int], PromptBatch]],
     gold: Int[Tensor, " query"],
-    protocol: Settings,
+    settings: Settings,
     vector: TaskVector | None,
     layer: int,
     mode: str,
@@ -191,8 +174,9 @@ def _answers(
         items = []
         if vector is not None:
             rows = vector if len(vector) == 1 else vector.select(index)
-            items.append(rows.intervention(layer, mode, scale=protocol.scale))
-        out = greedy(model, batch, *items, max_new_tokens=max(1, protocol.max_new_tokens))
+            strength = settings.strength if mode == "add" else 1.0  # of the additive variant
+            items.append(rows.intervention(layer=layer, mode=mode, strength=strength))
+        out = greedy(model, batch, *items, max_new_tokens=max(1, settings.max_new_tokens))
         for i, hit in zip(index, (out.first_tokens == gold[index]).tolist()):
             first[i] = bool(hit)
         matched += sum(exact_match(out, batch.prompts))

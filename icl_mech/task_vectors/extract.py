@@ -11,38 +11,17 @@ import random
 from collections.abc import Sequence
 
 import einops
-from jaxtyping import Float
-from torch import Tensor
 
 from icl_mech import validate
-from icl_mech.activations import read_activations
+from icl_mech.activations import last_token_states
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import points
-from icl_mech.prompts import Demonstration, ICLPrompt, Task
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.prompts import Demonstration, Task
 from icl_mech.task_vectors.patching import SUFFIX
 from icl_mech.task_vectors.vector import TaskVector, provenance
 
 DemonstrationSets = Sequence[Sequence[Demonstration]]
-
-
-def last_token_states(
-    model,
-    prompts: Sequence[ICLPrompt],
-    layers: Sequence[int] | None = None,
-    batch_size: int = 16,
-    progress: bool | str = False,
-) -> Float[Tensor, "prompt layer d_model"]:
-    """``hook_resid_post`` at each prompt's last token, for the given layers (default: all).
-
-    Batches follow the input order (no length sorting), so θ is bit-for-bit what an unsorted
-    batched run gives.
-    """
-    layers = validate.layers(model, layers, "last_token_states layers")
-    validate.count(batch_size, "last_token_states batch_size")
-    names = points(model, SUFFIX, layers)
-    if not prompts:
-        raise IclMechError("last_token_states: no prompts given")
-    return read_activations(model, prompts, names, "last", batch_size, progress, sort=False)
 
 
 def sample_sets(

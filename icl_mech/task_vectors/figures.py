@@ -6,14 +6,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
+import torch
 from matplotlib.figure import Figure
 
-from icl_mech.plotting import figure
+from icl_mech import display
+from icl_mech.plotting import condition_bars, figure
+from icl_mech.show import cards
 from icl_mech.show.logit_lens import LogitLens, logit_lens_figure
 from icl_mech.show.task_vectors import accuracy_heatmap
 from icl_mech.task_vectors.conflict import ConflictResult
 from icl_mech.task_vectors.lens import shown
-from icl_mech.task_vectors.results import CONDITIONS, TaskVectorResults
+from icl_mech.task_vectors.results import TaskVectorResults
+from icl_mech.task_vectors.vector import TaskVector
 
 LABELS = {
     "baseline": "baseline (zero-shot)",
@@ -65,23 +70,7 @@ def accuracy_bars(results: TaskVectorResults) -> Figure:
     """Baseline, ICL and the two task-vector variants per task (test), with the mean over
     tasks. Whiskers: 95% bootstrap intervals over test queries (the mean: stratified, queries
     resampled within tasks)."""
-    means = results.intervals()
-    names = [t.task for t in results.tasks] + ["mean"]
-    x = np.arange(len(names))
-    width = 0.8 / len(CONDITIONS)
-    fig, ax = figure(max(7, 0.55 * len(names) + 2), 4)
-    for i, condition in enumerate(CONDITIONS):
-        estimates = [t.estimate(condition) for t in results.tasks] + [means[condition]]
-        values = np.array([e.value for e in estimates])
-        errors = np.array([[e.value - e.low, e.high - e.value] for e in estimates]).T
-        ax.bar(x + (i - 1.5) * width, values, width, yerr=errors, capsize=1.5,
-               error_kw={"elinewidth": 0.8}, label=LABELS[condition])  # fmt: skip
-    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("first-token accuracy (test)")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    ax.set_title("Baseline vs ICL vs task vector", pad=24)
-    return fig
+    return condition_bars(results.estimates_frame(), LABELS, "Baseline vs ICL vs task vector")
 
 
 def conflict_bars(conflicts: Sequence[ConflictResult]) -> Figure:
@@ -105,3 +94,46 @@ def conflict_bars(conflicts: Sequence[ConflictResult]) -> Figure:
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("share of first tokens")
     return fig
+
+
+# --- notebook cards ---------------------------------------------------------------------
+
+
+@display.renders(TaskVectorResults)
+def results_card(results: TaskVectorResults) -> str:
+    """First-token accuracy per task and condition, and the mean over tasks, with 95%
+    intervals over test queries; the bars of ``accuracy_bars``."""
+    summary = results.summary()
+    ratios = {f"{c} / icl": summary[f"{c}_over_icl"] for c in ("tv_replace", "tv_add")}
+    return cards.card(
+        "Task vectors: first-token accuracy on test [95% interval over queries]",
+        cards.table(results.accuracy_frame(), max_rows=None),
+        cards.figure(accuracy_bars(results), "baseline, ICL and task-vector accuracy per task"),
+        items={"tasks": len(results.tasks), "n_test per task": results.settings.n_test} | ratios,
+    )
+
+
+@display.renders(TaskVector)
+def vector_card(vector: TaskVector) -> str:
+    """Per layer the mean norm of θ over demonstration sets and, with several sets, their
+    mean pairwise cosine (how much the sets agree), as a table and a figure."""
+    values = vector.values.detach().float().cpu()
+    frame = pd.DataFrame({"layer": vector.layers, "mean norm": values.norm(dim=-1).mean(0).numpy()})
+    if len(vector) > 1:
+        units = torch.nn.functional.normalize(values, dim=-1)
+        cosines = torch.einsum("sld,tld->lst", units, units)
+        frame["cosine between sets"] = (
+            cosines[:, ~torch.eye(len(vector), dtype=bool)].mean(-1).numpy()
+        )
+    picture = cards.layer_figure(frame, [[c] for c in frame.columns[1:]], repr(vector))
+    items = {
+        "sets": len(vector),
+        "layers": cards.layer_span(vector.layers),
+        "d_model": vector.d_model,
+    }
+    return cards.card(
+        f"TaskVector ({vector.kind}) of {vector.provenance.get('task', '?')}",
+        cards.table(frame),
+        cards.figure(picture, "task vector norm and agreement between sets per layer"),
+        items=items | {k: v for k, v in vector.provenance.items() if k in ("model", "seed")},
+    )

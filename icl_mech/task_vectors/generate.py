@@ -15,8 +15,9 @@ from torch import Tensor
 
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import attach
+from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.kv_cache import KVCache
-from icl_mech.prompts import ICLPrompt, PromptBatch
+from icl_mech.prompt_batch import PromptBatch
 
 
 @dataclass

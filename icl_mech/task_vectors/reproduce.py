@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from icl_mech import tasks as bundled
-from icl_mech.runner import Report
+from icl_mech.report import Report
 from icl_mech.task_vectors.conflict import conflicting_tasks
 from icl_mech.task_vectors.evaluate import evaluate
 from icl_mech.task_vectors.figures import (
@@ -25,14 +25,16 @@ PAPER = {"baseline": 0.13, "icl": 0.84, "tv_replace": 0.74}  # mean over the pap
 
 
 def compute(model, settings: Settings, progress: bool = True) -> Report:
-    names = list(settings.tasks)
-    needed = names + [b for _, b in settings.pairs if b not in names]
-    results = evaluate(model, [bundled.load(n) for n in needed], settings, progress)
+    chosen = [bundled.resolve(t) for t in settings.tasks]
+    pairs = [(bundled.resolve(a), bundled.resolve(b)) for a, b in settings.pairs]
+    names = [t.name for t in chosen]
+    needed = {t.name: t for t in [*chosen, *(b for _, b in pairs)]}
+    results = evaluate(model, list(needed.values()), settings, progress)
     by_task = {r.task: r for r in results.tasks}
     conflicts = [
-        conflicting_tasks(model, bundled.load(a), bundled.load(b), by_task[b].layer_replace,
-                          by_task[b].layer_add, settings, by_task[b].mean_difference)
-        for a, b in settings.pairs
+        conflicting_tasks(model, a, b, by_task[b.name].layer_replace, by_task[b.name].layer_add,
+                          settings, by_task[b.name].mean_difference)
+        for a, b in pairs
     ]  # fmt: skip
     results.tasks = [by_task[n] for n in names]
     tables = {
@@ -41,7 +43,7 @@ def compute(model, settings: Settings, progress: bool = True) -> Report:
         "effects": results.effects_frame(),
         "curves": results.curves_frame(),
     }
-    lenses = [theta_lens(model, bundled.load(n), settings) for n in names]
+    lenses = [theta_lens(model, task, settings) for task in chosen]
     tables["logit_lens"] = pd.concat([lens.to_frame() for lens in lenses], ignore_index=True)
     figures = {
         "layers": layer_curves(results),
@@ -71,12 +73,14 @@ def headline(results, conflicts) -> dict:
     city = [n for n in names if n in bundled.names("city")]
     out = {
         "n_tasks": len(names),
-        "n_test_per_task": results.protocol.n_test,
+        "n_test_per_task": results.settings.n_test,
         "mean": rounded(),
-        "io_tasks_mean": rounded([n for n in names if n not in city]),
-        "city_tasks_mean": rounded(city),
         "paper_mean": PAPER,
     }
+    io = [n for n in names if n not in city]
+    for group, members in (("io", io), ("city", city)):
+        if members:  # a group without tasks has no mean
+            out[f"{group}_tasks_mean"] = rounded(members)
     for c in conflicts:
         out[f"conflict {c.task_a} demos / {c.task_b} vector"] = {
             name: {

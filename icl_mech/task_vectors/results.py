@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from icl_mech import display
 from icl_mech.per_task import OverTasks, TaskHits
 from icl_mech.task_vectors.settings import Settings
 from icl_mech.task_vectors.sweep import LayerSweep
@@ -75,30 +76,20 @@ class TaskVectorResults(OverTasks):
     """The table over tasks."""
 
     tasks: list[TaskResult]
-    protocol: Settings
+    settings: Settings
 
     def __repr__(self) -> str:
         names = [t.task for t in self.tasks]
         shown = names if len(names) <= 4 else names[:3] + ["..."]
         return (
             f"TaskVectorResults({len(names)} tasks: {', '.join(shown)}; "
-            f"n_test={self.protocol.n_test})"
+            f"n_test={self.settings.n_test})"
         )
 
     def _repr_html_(self) -> str:
         """First-token accuracy per task and condition, and the mean over tasks, with 95%
         intervals over test queries; the bars of ``accuracy_bars``."""
-        from icl_mech.show import cards
-        from icl_mech.task_vectors.figures import accuracy_bars
-
-        summary = self.summary()
-        ratios = {f"{c} / icl": summary[f"{c}_over_icl"] for c in ("tv_replace", "tv_add")}
-        return cards.card(
-            "Task vectors: first-token accuracy on test [95% interval over queries]",
-            cards.table(self.accuracy_frame(), max_rows=None),
-            cards.figure(accuracy_bars(self), "baseline, ICL and task-vector accuracy per task"),
-            items={"tasks": len(self.tasks), "n_test per task": self.protocol.n_test} | ratios,
-        )
+        return display.html(self)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.concat([t.to_frame() for t in self.tasks], ignore_index=True)

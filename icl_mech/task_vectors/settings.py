@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from icl_mech import settings as base
 from icl_mech import tasks as bundled
 from icl_mech.errors import IclMechError
+from icl_mech.prompts import Task
+from icl_mech.task_vectors import plan
 
 
 def default_tasks() -> tuple[str, ...]:
@@ -37,29 +39,33 @@ class Settings(base.Settings):
         pairs=(("country_continent", "country_capital"),),
         n_dev=8, n_test=12, max_new_tokens=4, test_curves=False,
     )  # fmt: skip
-    tasks: tuple[str, ...] = default_tasks()
-    pairs: tuple[tuple[str, str], ...] = PAIRS
+    tasks: tuple[str | Task, ...] = default_tasks()  # names, task files or Tasks
+    pairs: tuple[tuple[str | Task, str | Task], ...] = PAIRS
     n_demonstrations: int = 5
     n_dummies: int = 2
     n_dev: int = 16
     n_test: int = 32
-    scale: float = 1.0  # of the additive variant
+    strength: float = 1.0  # of the additive variant
     max_new_tokens: int = 6  # greedy continuation for exact match of multi-token answers
     batch_size: int = 16
     groups: int = 3
     test_curves: bool = True
 
     def check(self) -> None:
-        known = default_tasks()
-        base.known(self, "tasks", known)
-        unknown = [t for pair in self.pairs for t in pair if t not in known]
-        if unknown or any(len(pair) != 2 for pair in self.pairs):
+        where = base.where(self)
+        self._set("tasks", bundled.checked(self.tasks, where, "tasks", need="io"))
+        if any(len(pair) != 2 for pair in self.pairs):
             raise IclMechError(
-                f"task-vectors settings: pairs must be (demonstrations task, vector task) of "
-                f"known tasks, got {list(self.pairs)}; unknown: {unknown}; "
-                f"choose from {list(known)}"
+                f"{where}: pairs must be (demonstrations task, vector task), got "
+                f"{[tuple(map(bundled.label, p)) for p in self.pairs]}"
             )
+        pairs = [bundled.checked(pair, where, "pairs", need="io") for pair in self.pairs]
+        self._set("pairs", tuple(pairs))
         base.positive(self, "n_demonstrations", "n_dummies", "n_dev", "n_test",
                         "max_new_tokens", "batch_size", "groups")  # fmt: skip
-        if not math.isfinite(self.scale):
-            raise IclMechError(f"task-vectors settings: scale must be finite, got {self.scale}")
+        for item in (*self.tasks, *(b for _, b in self.pairs)):
+            plan.check_fits(bundled.resolve(item), plan.sizes_of(self), self.seed, where)
+        if not math.isfinite(self.strength):
+            raise IclMechError(
+                f"task-vectors settings: strength must be finite, got {self.strength}"
+            )

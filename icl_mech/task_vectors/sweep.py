@@ -3,7 +3,7 @@
 Patching the last token cannot change the keys and values of the earlier tokens, so the
 query's prefix runs once (filling a TransformerLens key/value cache). The patched last tokens
 then climb a staircase: the rows patched after block ``l`` enter the batch there, with the
-patched residual as their input (``θ``, or the unpatched residual plus ``scale·θ``), and every
+patched residual as their input (``θ``, or the unpatched residual plus ``strength·θ``), and every
 block runs once over the rows that have entered, against the prefix cache repeated to their
 number. Each row runs only the blocks above its layer: the least compute of an exact sweep
 (see ``benchmarks/task_vectors.py``). ``naive_sweep_logits`` (one full patched forward per
@@ -28,9 +28,10 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from icl_mech.backends import is_bridge, keep_last
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import AddVector, Capture, Patch, attach, points, run
+from icl_mech.hooks import attach, points, run
+from icl_mech.interventions import AddVector, Capture, Patch
 from icl_mech.kv_cache import KVCache
-from icl_mech.prompts import PromptBatch
+from icl_mech.prompt_batch import PromptBatch
 from icl_mech.task_vectors.patching import SUFFIX, AddToResidual, ReplaceResidual
 from icl_mech.task_vectors.vector import Mode
 
@@ -43,7 +44,7 @@ def sweep_logits(
     vectors: Vectors,
     mode: Mode = "replace",
     layers: Sequence[int] | None = None,
-    scale: float = 1.0,
+    strength: float = 1.0,
     groups: int = 1,
 ) -> Float[Tensor, "layer batch vocab"]:
     """Last-token logits with ``vectors[:, i]`` patched in at ``layers[i]``, for every i.
@@ -57,10 +58,10 @@ def sweep_logits(
     chunks = [c.tolist() for c in torch.arange(len(layers)).tensor_split(groups)]
     with torch.no_grad():
         if is_bridge(model):
-            return _bridge_sweep(model, batch, rows, layers, chunks, mode, scale)
+            return _bridge_sweep(model, batch, rows, layers, chunks, mode, strength)
         cache = prefix_cache(model, batch)
         cache.freeze()
-        entering = _entering_rows(model, batch, cache, rows, layers, mode, scale)
+        entering = _entering_rows(model, batch, cache, rows, layers, mode, strength)
         out = [_staircase(model, cache, [entering[i] for i in chunk], [layers[i] for i in chunk])
                for chunk in chunks]  # fmt: skip
     return torch.cat(out)
@@ -72,7 +73,7 @@ def naive_sweep_logits(
     vectors: Vectors,
     mode: Mode = "replace",
     layers: Sequence[int] | None = None,
-    scale: float = 1.0,
+    strength: float = 1.0,
 ) -> Float[Tensor, "layer batch vocab"]:
     """The reference: one full patched forward of the batch per layer."""
     layers, rows = _validate(model, batch, vectors, mode, layers)
@@ -82,7 +83,7 @@ def naive_sweep_logits(
             if mode == "replace":
                 item = ReplaceResidual(rows[:, i], layer)
             else:
-                item = AddToResidual({layer: rows[:, i]}, scale)
+                item = AddToResidual({layer: rows[:, i]}, strength)
             out.append(run(model, batch, item)[:, -1])
     return torch.stack(out)
 
@@ -107,7 +108,7 @@ def _validate(model, batch, vectors, mode, layers) -> tuple[list[int], Tensor]:
     return layers, vectors.to(model.cfg.device, model.cfg.dtype)
 
 
-def _bridge_sweep(model, batch, rows, layers, chunks, mode, scale) -> Tensor:
+def _bridge_sweep(model, batch, rows, layers, chunks, mode, strength) -> Tensor:
     """The sweep on the bridge: the prefix cached once (``KVCache``), then per group one pass of
     the last token, repeated per layer, against it."""
     cache = KVCache.new(model, len(batch))
@@ -119,7 +120,7 @@ def _bridge_sweep(model, batch, rows, layers, chunks, mode, scale) -> Tensor:
         chosen, n_layers, size = [layers[i] for i in chunk], len(chunk), len(batch)
         values = einops.rearrange(rows[:, chunk], "batch layer d_model -> (layer batch) d_model")
         items = [
-            _layer_item(name, values, _block_mask(i, n_layers, size), mode, scale)
+            _layer_item(name, values, _block_mask(i, n_layers, size), mode, strength)
             for i, name in enumerate(points(model, SUFFIX, chosen))
         ]
         last = einops.repeat(batch.tokens[:, -1:], "batch one -> (layer batch) one", layer=n_layers)
@@ -147,9 +148,9 @@ def prefix_cache(model, batch: PromptBatch) -> TransformerLensKeyValueCache:
     return cache
 
 
-def _entering_rows(model, batch, cache, rows, layers, mode, scale) -> list[Tensor]:
+def _entering_rows(model, batch, cache, rows, layers, mode, strength) -> list[Tensor]:
     """Per layer, the ``[batch, 1, d_model]`` residual its patched rows carry out of the block:
-    ``θ``, or (``"add"``) the unpatched last token's residual there plus ``scale·θ``."""
+    ``θ``, or (``"add"``) the unpatched last token's residual there plus ``strength·θ``."""
     if mode == "replace":
         return [rows[:, i, None] for i in range(len(layers))]
     names = points(model, SUFFIX, layers)
@@ -159,7 +160,7 @@ def _entering_rows(model, batch, cache, rows, layers, mode, scale) -> list[Tenso
         model(last, attention_mask=torch.ones_like(last), past_kv_cache=cache,
               stop_at_layer=layers[-1] + 1)  # fmt: skip
     return [
-        (capture.activations[name] + scale * rows[:, i])[:, None] for i, name in enumerate(names)
+        (capture.activations[name] + strength * rows[:, i])[:, None] for i, name in enumerate(names)
     ]
 
 
@@ -209,10 +210,10 @@ def _block_mask(index: int, n_layers: int, size: int) -> Tensor:
     return einops.rearrange(mask, "layer batch one -> (layer batch) one")
 
 
-def _layer_item(name: str, values: Tensor, mask: Tensor, mode: Mode, scale: float):
+def _layer_item(name: str, values: Tensor, mask: Tensor, mode: Mode, strength: float):
     if mode == "replace":
         return Patch(name, values, positions=mask)
-    return AddVector(name, values, positions=mask, scale=scale)
+    return AddVector(name, values, positions=mask, strength=strength)
 
 
 @dataclass

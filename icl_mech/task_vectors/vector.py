@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_mech import display
 from icl_mech.errors import IclMechError
 from icl_mech.positions import Positions
 from icl_mech.task_vectors.patching import AddToResidual, ReplaceResidual
@@ -72,30 +72,7 @@ class TaskVector(Vector):
     def _repr_html_(self) -> str:
         """Per layer the mean norm of θ over demonstration sets and, with several sets, their
         mean pairwise cosine (how much the sets agree), as a table and a figure."""
-        from icl_mech.show import cards
-
-        values = self.values.detach().float().cpu()
-        frame = pd.DataFrame(
-            {"layer": self.layers, "mean norm": values.norm(dim=-1).mean(0).numpy()}
-        )
-        if len(self) > 1:
-            units = torch.nn.functional.normalize(values, dim=-1)
-            cosines = torch.einsum("sld,tld->lst", units, units)
-            frame["cosine between sets"] = (
-                cosines[:, ~torch.eye(len(self), dtype=bool)].mean(-1).numpy()
-            )
-        picture = cards.layer_figure(frame, [[c] for c in frame.columns[1:]], repr(self))
-        items = {
-            "sets": len(self),
-            "layers": cards.layer_span(self.layers),
-            "d_model": self.d_model,
-        }
-        return cards.card(
-            f"TaskVector ({self.kind}) of {self.provenance.get('task', '?')}",
-            cards.table(frame),
-            cards.figure(picture, "task vector norm and agreement between sets per layer"),
-            items=items | {k: v for k, v in self.provenance.items() if k in ("model", "seed")},
-        )
+        return display.html(self)
 
     def __len__(self) -> int:
         return self.values.shape[0]
@@ -118,25 +95,35 @@ class TaskVector(Vector):
         """One vector: the average over demonstration sets."""
         return TaskVector(self.values.mean(0, keepdim=True), self.layers, dict(self.provenance))
 
-    def intervention(
+    OWN_KEYWORDS = ("mode",)
+
+    def build(
         self,
-        layers: int | Sequence[int],
-        mode: Mode = "replace",
-        scale: float = 1.0,
+        *,
+        layers: tuple[int, ...] | None,
+        mode: Mode | None = None,
+        strength: float = 1.0,
         positions: Positions = "last",
     ) -> ReplaceResidual | AddToResidual:
-        """The registry Intervention that patches this vector in.
+        """Patch this vector in after ``layers``: ``mode="replace"`` (θ's default; one layer,
+        Hendel et al.'s patch, ``strength`` s moves the residual to ``(1 - s)·x + s·θ``) or
+        ``"add"`` (the mean difference's default; ``x + s·v`` at every given layer).
 
         With one set the same vector goes to every row; with several, set ``b`` goes to row ``b``.
         """
-        chosen = [layers] if isinstance(layers, int) else list(layers)
-        by_layer = {layer: self._rows_at(layer) for layer in chosen}
+        mode = mode or ("add" if self.kind == "mean-difference" else "replace")
+        if not layers:
+            raise TypeError(
+                f"TaskVector ({self.kind}) needs layer= (or layers= with mode='add'); it holds "
+                f"layers {self.layers[0]}..{self.layers[-1]}"
+            )
+        by_layer = {layer: self._rows_at(layer) for layer in layers}
         if mode == "replace":
-            if len(chosen) != 1:
-                raise IclMechError(f"replacement patches one layer, got layers {chosen}")
-            return ReplaceResidual(by_layer[chosen[0]], chosen[0], positions)
+            if len(layers) != 1:
+                raise IclMechError(f"replacement patches one layer, got layers {list(layers)}")
+            return ReplaceResidual(by_layer[layers[0]], layers[0], positions, strength)
         if mode == "add":
-            return AddToResidual(by_layer, scale, positions)
+            return AddToResidual(by_layer, strength, positions)
         raise IclMechError(f"mode must be 'replace' or 'add', got {mode!r}")
 
     def tensors(self) -> dict[str, Tensor]:

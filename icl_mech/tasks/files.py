@@ -44,8 +44,8 @@ def from_records(
 ) -> Task:
     """A task from mappings such as ``{"input": "hot", "output": "cold"}`` (see the module).
 
-    ``source`` names where the records came from in error messages (``from_file`` passes the
-    path); rows are numbered from 1.
+    ``source`` names where the records came from in error messages and in the task's
+    provenance (``Task.source``; ``from_file`` passes the path); rows are numbered from 1.
     """
     where = source or f"records of task {name!r}"
     examples: list[Demonstration] = []
@@ -105,7 +105,7 @@ def from_records(
                     f"{where}, row {row}: label {example.y!r} is not among the classes "
                     f"{list(classes)}"
                 )
-    return Task(name, tuple(examples), template, classes, answer_prefix, separator)
+    return Task(name, tuple(examples), template, classes, answer_prefix, separator, source)
 
 
 def from_file(

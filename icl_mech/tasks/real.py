@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from icl_mech import tasks
 from icl_mech.errors import IclMechError
 from icl_mech.prompts import Demonstration, Task
 
@@ -53,7 +54,7 @@ def load_real(
     if name not in SCHEMAS:
         raise IclMechError(f"unknown dataset {name!r}; choose one of {sorted(SCHEMAS)}")
     try:
-        import datasets
+        import datasets  # optional: the datasets extra, for the real datasets only
     except ImportError:
         raise IclMechError(
             "real datasets need the optional 'datasets' package: pip install 'icl_mech[datasets]'"
@@ -71,8 +72,6 @@ def load_real(
 
 
 def _to_task(name: str, schema: Schema, rows) -> Task:
-    from icl_mech import tasks
-
     columns = set(rows.column_names)
     turns = [c for c in ("turn1", "turn2", "turn3") if c in columns]
     if schema.text not in columns and not turns or schema.label not in columns:

@@ -1,0 +1,158 @@
+"""What a reproduction returns: a ``Report`` of tables, figures and headline numbers with its
+settings, and how a report is written (tables as CSV + Markdown, figures as PNG, the report's
+JSON with settings, headline, model and package version). ``ABOUT`` names each reproduction's
+files and paper; :mod:`icl_mech.runner` runs them.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from icl_mech import display, validate
+from icl_mech.plotting import save_figure
+from icl_mech.settings import Settings
+from icl_mech.vector_files import dumps
+from icl_mech.version import __version__
+
+
+@dataclass(frozen=True)
+class About:
+    """A reproduction's file prefix, the paper it reproduces and whether it needs a model."""
+
+    prefix: str
+    paper: str
+    needs_model: bool = True
+
+
+ABOUT: dict[str, About] = {
+    "anchors": About(
+        "anchors_", "Label words are anchors (Wang et al. 2023): flows, isolation, AUC-ROC"
+    ),
+    "anchor-applications": About(
+        "anchor_apps_",
+        "Label words are anchors, applications: re-weighting, compression, diagnosis",
+    ),
+    "task-vectors": About(
+        "task_vectors_", "In-context learning creates task vectors (Hendel et al. 2023)"
+    ),
+    "function-vectors": About(
+        "function_vectors_", "Function vectors in large language models (Todd et al. 2024)"
+    ),
+    "icv": About("icv_", "In-context vectors (Liu et al. 2023)"),
+    "icl-gd": About(
+        "icl_gd_",
+        "Transformers learn in-context by gradient descent (von Oswald et al. 2023)",
+        needs_model=False,
+    ),
+}
+
+
+@dataclass
+class Report:
+    """What a reproduction computed: tables, figures and headline numbers, with its settings."""
+
+    name: str
+    settings: Settings
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
+    headline: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    seconds: float = math.nan
+
+    def write(self, out: str | Path) -> list[Path]:
+        """Tables as ``<prefix><name>.csv`` + ``.md``, figures as ``<prefix><name>.png`` and
+        ``<prefix>report.json`` (settings, headline, model, version)."""
+        out = writable_folder(out)
+        prefix = ABOUT[self.name].prefix
+        paths = []
+        for name, frame in self.tables.items():
+            paths += write_table(frame, out, prefix + name)
+        for name, figure in self.figures.items():
+            paths.append(save_figure(figure, out, prefix + name))
+        paths.append(out / f"{prefix}report.json")
+        paths[-1].write_text(dumps(self.record(), indent=1) + "\n")
+        return paths
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "reproduction": self.name,
+            "model": self.model,
+            "seconds": round(self.seconds, 1),
+            "icl_mech": __version__,
+            "python": platform.python_version(),
+            "settings": self.settings.as_dict(),
+            "headline": self.headline,
+        }
+
+    def summary(self) -> str:
+        """A short two-column table of the headline numbers."""
+        rows = list(flatten(self.headline).items())
+        width = max((len(k) for k, _ in rows), default=0)
+        cls = type(self.settings)
+        modes = {cls.quick(): "quick", cls.full(): "full"}
+        mode = modes.get(self.settings, "custom settings")
+        head = f"{self.name} on {self.model or 'no language model'} ({mode}, {self.seconds:.0f} s)"
+        return "\n".join([head] + [f"  {k:<{width}}  {cell(v)}" for k, v in rows])
+
+    def __repr__(self) -> str:
+        return (
+            f"Report({self.name!r}, model={self.model!r}, tables={list(self.tables)}, "
+            f"figures={list(self.figures)})"
+        )
+
+    def _repr_html_(self) -> str:
+        """The headline numbers (``x`` with its ``x_ci`` as ``0.60 [0.52, 0.68]``), the
+        tables' names and sizes, and every figure inline (the report keeps its figures)."""
+        return display.html(self)
+
+
+def write_table(frame: pd.DataFrame, out: Path, name: str) -> list[Path]:
+    """One table as ``<name>.csv`` (full precision) and ``<name>.md`` (4 significant digits,
+    without the ``*_low``/``*_high`` bound columns: tables carry intervals as text there)."""
+    keep_index = not isinstance(frame.index, pd.RangeIndex)
+    csv, md = out / f"{name}.csv", out / f"{name}.md"
+    frame.to_csv(csv, index=keep_index)
+    shown = frame.reset_index() if keep_index else frame
+    bounds = [c for c in shown.columns if str(c).endswith(("_low", "_high"))]
+    md.write_text(markdown(shown.drop(columns=bounds)))  # the CSV keeps the interval bounds
+    return [csv, md]
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def cell(value) -> str:
+    if isinstance(value, (list, tuple)) and len(value) > 4:
+        return f"[{cell(value[0])}, ..., {cell(value[-1])}] ({len(value)} values)"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(cell(v) for v in value) + "]"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return (str(value) or "(empty)").replace("|", "\\|").replace("\n", " ")
+
+
+def flatten(values: dict, sep: str = " / ", prefix: str = "") -> dict:
+    """Nested dicts as one level: ``{"a": {"b": 1}}`` → ``{"a / b": 1}``."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, sep, f"{prefix}{key}{sep}"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def writable_folder(out: str | Path) -> Path:
+    """Create ``out`` if needed and check that files can be written there."""
+    return validate.writable_folder(Path(out), "output folder (choose another with --out)")
