@@ -36,16 +36,24 @@ demo: setup
 figures: setup
 	$(BIN)/icl-mech reproduce all --out figures
 
-# re-execute the committed notebooks in place (quick settings), keeping their outputs
+# re-execute the committed notebooks in place (quick settings), keeping their outputs; no
+# progress bars (transformers' "Loading weights" would be committed as a frozen widget)
 notebooks: setup
 	for nb in notebooks/*.ipynb; do \
-		ICL_MECH_QUICK=1 $(BIN)/jupyter-execute --inplace --timeout=1200 $$nb || exit 1; \
+		ICL_MECH_QUICK=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 \
+			$(BIN)/jupyter-execute --inplace --timeout=1200 $$nb || exit 1; \
 	done
 
-# the peers (nnsight, pyvene) are a separate extra, installed only here
+# the peers (nnsight, pyvene) are a separate extra, installed only here; each script also writes
+# benchmarks/results/<script>.json (benchmarks/_results.py, skipped here, is their shared helper)
 benchmarks: setup
 	$(BIN)/pip install --quiet -e ".[bench]"
-	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+	# each script with the settings its committed record (benchmarks/results/*.json) was made with
+	for script in backends:--rounds=7 peers:--rounds=3 task_vectors:--repeats=3,--sets=8 \
+	        compression: grid_estimate: icl_gd: icv: registry_overhead: saliency: sweep:; do \
+		name=$${script%%:*}; options=$$(echo $${script#*:} | tr ',=' '  '); \
+		$(BIN)/python benchmarks/$$name.py $$options || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

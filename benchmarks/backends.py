@@ -17,6 +17,7 @@ import argparse
 import statistics
 import time
 
+import _results
 import torch
 
 from icl_mech import PromptBatch, load_model, models, tasks
@@ -43,7 +44,7 @@ def seconds(forward) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, rounds: int) -> dict[str, float]:
+def measure(name: str, rounds: int, record: dict | None = None) -> dict[str, float]:
     hooked = load_model(NAMES[name], backend="hooked")
     stored = load_model(NAMES[name], backend="hooked", linear_layout=False)
     bridge = load_model(NAMES[name], backend="bridge")
@@ -72,13 +73,23 @@ def measure(name: str, rounds: int) -> dict[str, float]:
         "bridge / hooked": ("bridge", "hooked"),
     }
     ratios: dict[str, list[float]] = {label: [] for label in pairs}
+    times: dict[str, list[float]] = {k: [] for k in forwards}
     for _ in range(rounds):
         t = {k: seconds(f) for k, f in forwards.items()}
+        for k, value in t.items():
+            times[k].append(value)
         for label, (top, bottom) in pairs.items():
             ratios[label].append(t[top] / t[bottom])
     shape = f"{tokens.shape[0]} x {tokens.shape[1]}"
     print(f"{name}: batch {shape}, logits agree (<= {TOLERANCE:g})")
-    return {k: statistics.median(v) for k, v in ratios.items()}
+    medians = {k: statistics.median(v) for k, v in ratios.items()}
+    if record is not None:
+        record[name] = {
+            "batch": list(tokens.shape),
+            "ratios": medians,
+            "median_forward_s": {k: statistics.median(v) for k, v in times.items()},
+        }
+    return medians
 
 
 def main() -> None:
@@ -87,9 +98,13 @@ def main() -> None:
     parser.add_argument("--models", default="smollm2,gemma")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    record = {}
     for name in args.models.split(","):
-        ratios = measure(name, args.rounds)
+        ratios = measure(name, args.rounds, record)
         print("  " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    settings = {"rounds": args.rounds, "models": args.models.split(","), "torch_threads": 1}
+    settings["tolerance"] = TOLERANCE
+    _results.write("backends", {"settings": settings, "results": record})
 
 
 if __name__ == "__main__":

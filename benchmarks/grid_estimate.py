@@ -30,6 +30,7 @@ import math
 import time
 from pathlib import Path
 
+import _results
 import torch
 
 from icl_mech import load_model
@@ -149,18 +150,45 @@ def main() -> None:
           f"{GPU_FLOPS * COMPUTE_UTILISATION / rate:,.0f}x")  # fmt: skip
     print(f"\n{'method':<21}{'quick cell':>11}{'block calls':>12}{'full cell':>10}"
           f"{'GPU cell, 7B':>14}")  # fmt: skip
-    measured = {}
+    measured, cells_record = {}, {}
     for method, (_, task, _) in METHODS.items():
         quick_s, calls = quick_cell(model, method, task)
         full_s = full_cell_seconds(method)
         measured[method] = (full_s, calls * full_s / quick_s)
         gpu_s = gpu_cell_seconds(*measured[method], 7e9, rate)
+        cells_record[method] = {
+            "task": task,
+            "quick_cell_s": quick_s,
+            "block_calls": calls,
+            "full_cell_s": full_s,
+            "gpu_cell_7b_s": gpu_s,
+        }
         print(f"{method:<21}{quick_s:>10.1f}s{calls:>12,}{full_s:>9.0f}s{gpu_s:>13.1f}s")
     header = "".join(f"{f'{n} GPU' + ('s' if n > 1 else ''):>10}" for n in gpus)
     print(f"\nfull grids on A100-80GB (estimate)  {'':<30}{header}")
+    grids = {}
     for method, (paper, cells, models) in GRIDS.items():
         walls = [grid_seconds(cells, models, *measured[method], rate, n) for n in gpus]
         print(f"  {paper:<64}" + "".join(f"{shown(w):>10}" for w in walls))
+        grids[method] = {"paper": paper, "wall_s": {str(n): w for n, w in zip(gpus, walls)}}
+    settings = {
+        "gpus": gpus,
+        "torch_threads": 1,
+        "gpu_flops": GPU_FLOPS,
+        "gpu_bytes_per_s": GPU_BYTES_PER_S,
+        "compute_utilisation": COMPUTE_UTILISATION,
+        "bandwidth_utilisation": BANDWIDTH_UTILISATION,
+        "call_overhead_s": CALL_OVERHEAD_S,
+        "load_bytes_per_s": LOAD_BYTES_PER_S,
+    }
+    payload = {
+        "settings": settings,
+        "cpu_gflops": rate / 1e9,
+        "gpu_over_cpu": GPU_FLOPS * COMPUTE_UTILISATION / rate,
+        "cells": cells_record,
+        "grids_estimate": grids,
+    }
+    _results.write("grid_estimate", payload)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 
+import _results
 import pandas as pd
 
 from icl_mech.gd.experiments import kernelised_experiment, linear_experiment
@@ -86,6 +87,47 @@ def main() -> int:
         f"goal (|loss ratio - 1| <= {LOSS_TOLERANCE}, cosine >= {MIN_COSINE}, "
         f"< {TIME_BUDGET_SECONDS:.0f} s): {'MET' if met else 'MISSED'}"
     )
+    settings = {
+        "seed": args.seed,
+        "steps": linear.run.config.steps,
+        "batch_size": linear.run.config.batch_size,
+        "kernelised_steps": kernelised.run.config.steps,
+        "torch_threads": 1,
+        "goal": {"loss_tolerance": LOSS_TOLERANCE, "min_cosine": MIN_COSINE},
+        "time_budget_s": TIME_BUDGET_SECONDS,
+    }
+    linear_record = {
+        "seconds": linear_seconds,
+        "training_s": linear.run.seconds,
+        "goal_first_met_step": None if reached is None else int(reached["step"]),
+        "goal_first_met_s": None if reached is None else float(reached["seconds"]),
+        "eta": linear.eta,
+        "model_loss": a.model_loss,
+        "gd_loss": a.gd_loss,
+        "loss_ratio": a.loss_ratio,
+        "prediction_l2": a.prediction_l2,
+        "sensitivity_cosine": a.sensitivity_cosine,
+        "interpolation_losses": list(curve.losses),
+        "interpolation_barrier": curve.barrier,
+    }
+    kernelised_record = {
+        "training_s": kernelised.run.seconds,
+        "model_loss": k.model_loss,
+        "gd_loss": k.gd_loss,
+        "loss_ratio": k.loss_ratio,
+        "prediction_l2": k.prediction_l2,
+        "sensitivity_cosine": k.sensitivity_cosine,
+        "gd_raw_x_loss": kernelised.test_losses["x"],
+        "gd_teacher_features_loss": kernelised.test_losses["teacher f(x)"],
+    }
+    payload = {
+        "settings": settings,
+        "linear": linear_record,
+        "kernelised": kernelised_record,
+        "total_s": total_seconds,
+        "goal_met": met,
+    }
+    _results.write("icl_gd", payload)
     return 0 if met else 1
 
 

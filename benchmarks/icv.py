@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 
+import _results
 import torch
 
 from icl_mech import load_model, tasks
@@ -35,7 +36,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def generation_benchmark(model, sentiment, polite) -> None:
+def generation_benchmark(model, sentiment, polite) -> dict:
     settings = dict(max_new_tokens=NEW_TOKENS, stop_at_eos=False, use_cache=True)
     variants = {
         "1 ICV, all positions": ICVSteering(sentiment, 0.08),
@@ -54,14 +55,22 @@ def generation_benchmark(model, sentiment, polite) -> None:
         f"generation: {len(PROMPTS)} prompts x {NEW_TOKENS} new tokens, cache on, greedy; "
         f"unsteered median {statistics.median(plain_times):.2f} s over {ROUNDS} rounds"
     )
+    record = {"unsteered_median_s": statistics.median(plain_times), "steered / unsteered": {}}
     for name, values in ratios.items():
         median = statistics.median(values)
         verdict = "OK" if median <= 1.10 else "ABOVE GOAL"
         print(f"  steered ({name}) / unsteered: median {median:.3f}x "
               f"[{min(values):.3f}-{max(values):.3f}]  goal <= 1.10x  {verdict}")  # fmt: skip
+        record["steered / unsteered"][name] = {
+            "median": median,
+            "min": min(values),
+            "max": max(values),
+            "goal_met": median <= 1.10,
+        }
+    return record
 
 
-def extraction_benchmark(model, pairs) -> None:
+def extraction_benchmark(model, pairs) -> dict:
     layers = list(range(model.cfg.n_layers))
     batched = timed(lambda: extract_icv(model, pairs, batch_size=32))
 
@@ -80,6 +89,14 @@ def extraction_benchmark(model, pairs) -> None:
           f"{per_pair / batched:.2f}x faster")  # fmt: skip
     print(f"  one text per forward:           {per_text:.2f} s  -> batched is "
           f"{per_text / batched:.2f}x faster")  # fmt: skip
+    return {
+        "pairs": len(pairs),
+        "batched_s": batched,
+        "per_pair_s": per_pair,
+        "per_text_s": per_text,
+        "per_pair / batched": per_pair / batched,
+        "per_text / batched": per_text / batched,
+    }
 
 
 def main() -> None:
@@ -89,8 +106,18 @@ def main() -> None:
         sentiment = extract_icv(model, tasks.load_pairs("negative_positive")[:16])
         polite = extract_icv(model, tasks.load_pairs("rude_polite")[:16])
         print(f"torch threads: {torch.get_num_threads()}")
-        generation_benchmark(model, sentiment, polite)
-        extraction_benchmark(model, pairs)
+        generation = generation_benchmark(model, sentiment, polite)
+        extraction = extraction_benchmark(model, pairs)
+    settings = {
+        "rounds": ROUNDS,
+        "prompts": len(PROMPTS),
+        "new_tokens": NEW_TOKENS,
+        "pairs": N_PAIRS,
+        "torch_threads": 1,
+        "goal": 1.10,
+    }
+    payload = {"settings": settings, "generation": generation, "extraction": extraction}
+    _results.write("icv", payload)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+import _results
 import torch
 import torch.nn.functional as F
 
@@ -509,10 +510,11 @@ def describe(part: str, ctx: Context) -> str:
     )
 
 
-def report(part: str, ctx: Context, rounds: int, memory: bool) -> list[tuple]:
+def report(part: str, ctx: Context, rounds: int, memory: bool, record: dict) -> list[tuple]:
     title, make, difference, needs_grad = WORKLOADS[part]
     runs = make(ctx)
     print(f"\n{title}: {describe(part, ctx)}")
+    record[part] = entry = {"title": title, "setting": describe(part, ctx), "implementations": {}}
     with grad_mode(needs_grad):
         outputs = {name: fn() for name, fn in runs.items()}
     reference = outputs[next(iter(runs))]
@@ -522,6 +524,7 @@ def report(part: str, ctx: Context, rounds: int, memory: bool) -> list[tuple]:
         checked[name] = diff <= TOLERANCE
         if not checked[name]:
             print(f"  {name}: DIFFERS from the toolkit (max |diff| {diff:.2e}); not timed")
+            entry["implementations"][name] = {"max_difference": diff, "timed": False}
     runs = {name: fn for name, fn in runs.items() if checked[name]}
     times = interleaved(runs, rounds * ROUNDS_PER_PART[part], needs_grad)
     peaks = {name: peak_memory(part, name) if memory and part != "e" else None for name in runs}
@@ -533,11 +536,18 @@ def report(part: str, ctx: Context, rounds: int, memory: bool) -> list[tuple]:
         peak = "-" if peaks[name] is None else f"{peaks[name] / 1e6:.0f}"
         diff = (difference or max_difference)(reference, outputs[name])
         print(f"  {name:<72} {wall:7.3f} {cpu:7.3f} {peak:>8} {diff:8.1e}")
+        entry["implementations"][name] = {
+            "median_wall_s": wall,
+            "median_cpu_s": cpu,
+            "peak_mb": None if peaks[name] is None else peaks[name] / 1e6,
+            "max_difference": diff,
+            "rounds": len(times[name]),
+        }
     rows = []
     toolkits = [name for name in runs if name.startswith("toolkit")]
     peers = [name for name in runs if not name.startswith("toolkit")]
     if part in ("d", "e"):
-        return overhead_summary(title.split()[0], runs, times, peaks)
+        return overhead_summary(title.split()[0], runs, times, peaks, entry)
     for ours in toolkits:
         for peer in peers:
             wall = median_ratio(times[ours], times[peer], 0)
@@ -549,13 +559,15 @@ def report(part: str, ctx: Context, rounds: int, memory: bool) -> list[tuple]:
     return rows
 
 
-def overhead_summary(part, runs, times, peaks) -> list[tuple]:
+def overhead_summary(part, runs, times, peaks, entry: dict) -> list[tuple]:
     """Per-forward overheads (median over rounds of hooked - plain) and the ratios."""
 
     def extra(a: str, b: str, which: int) -> float:
         return statistics.median(x[which] - y[which] for x, y in zip(times[a], times[b]))
 
     ours = [extra(HOOKED, PLAIN, i) for i in (0, 1)]
+    entry["registry_overhead_ms"] = {"wall": ours[0] * 1e3, "cpu": ours[1] * 1e3}
+    entry["hooked / plain, cpu"] = median_ratio(times[HOOKED], times[PLAIN], 1)
     print(
         f"  registry overhead per forward: {ours[0] * 1e3:+.1f} ms wall, {ours[1] * 1e3:+.1f} ms "
         f"cpu (hooked / plain {median_ratio(times[HOOKED], times[PLAIN], 1):.3f}x cpu)"
@@ -563,6 +575,8 @@ def overhead_summary(part, runs, times, peaks) -> list[tuple]:
     if TRACED not in runs or HF_PLAIN not in runs:
         return []
     theirs = [extra(TRACED, HF_PLAIN, i) for i in (0, 1)]
+    entry["nnsight_overhead_ms"] = {"wall": theirs[0] * 1e3, "cpu": theirs[1] * 1e3}
+    entry["traced / plain, cpu"] = median_ratio(times[TRACED], times[HF_PLAIN], 1)
     print(
         f"  nnsight overhead per forward:  {theirs[0] * 1e3:+.1f} ms wall, {theirs[1] * 1e3:+.1f} "
         f"ms cpu (traced / plain {median_ratio(times[TRACED], times[HF_PLAIN], 1):.3f}x cpu)"
@@ -618,9 +632,9 @@ def main() -> None:
         + f"; torch threads {torch.get_num_threads()}; {args.rounds} interleaved rounds"
     )
     ctx = context(args.parts)
-    rows = []
+    rows, parts = [], {}
     for part in args.parts:
-        rows += report(part, ctx, args.rounds, not args.no_memory)
+        rows += report(part, ctx, args.rounds, not args.no_memory, parts)
     print("\nratios toolkit / peer (median of per-round ratios; memory: fresh subprocess each)")
     print(f"  {'':5}{'toolkit':<43}{'peer':<32}{'wall':>6}{'cpu':>6}{'memory':>7}  time <= 1.0")
     for part, ours, peer, wall, cpu, mem in rows:
@@ -628,6 +642,48 @@ def main() -> None:
         ok = "yes" if cpu <= 1.0 else "NO"
         ours, peer = ours.removeprefix("toolkit").lstrip(":, "), peer.split(":")[0]
         print(f"  {part:5}{ours[:42]:<43}{peer[:31]:<32}{wall:6.2f}{cpu:6.2f}{shown:>7}  {ok}")
+    write_results(args, ctx, rows, parts)
+
+
+def write_results(args, ctx: Context, rows: list[tuple], parts: dict) -> None:
+    shapes = {}
+    if "saliency" in ctx.inputs:
+        shapes["saliency_batch"] = list(ctx.inputs["saliency"].tokens.shape)
+        shapes["short_prompt_tokens"] = ctx.inputs["short"].shape[1]
+    if "sweep" in ctx.inputs:
+        shapes["sweep_batch"] = list(ctx.inputs["sweep"].tokens.shape)
+    if "icv_tokens" in ctx.inputs:
+        shapes["generation_prompts"] = list(ctx.inputs["icv_tokens"][0].shape)
+    settings = {
+        "rounds": args.rounds,
+        "parts": args.parts,
+        "memory": not args.no_memory,
+        "rounds_per_part": {p: args.rounds * ROUNDS_PER_PART[p] for p in args.parts},
+        "torch_threads": torch.get_num_threads(),
+        "tolerance": TOLERANCE,
+        "saliency_prompts": N_SALIENCY,
+        "sweep_queries": N_QUERIES,
+        "layers": ctx.model.cfg.n_layers,
+        "generation_prompts": len(ICV_PROMPTS),
+        "new_tokens": NEW_TOKENS,
+        "strength": STRENGTH,
+        "hooks": ctx.model.cfg.n_layers * len(SUFFIXES),
+        **shapes,
+    }
+    ratios = [
+        {
+            "part": part,
+            "toolkit": ours,
+            "peer": peer,
+            "wall": wall,
+            "cpu": cpu,
+            "memory": mem,
+            "time_at_most_1": cpu <= 1.0,
+        }
+        for part, ours, peer, wall, cpu, mem in rows
+    ]
+    payload = {"settings": settings, "ratios": ratios, "parts": parts}
+    _results.write("peers", payload, packages=("nnsight", "pyvene"))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 
+import _results
 import torch
 
 from icl_mech import HookSpec, PromptBatch, attach, load_model, tasks
@@ -73,6 +74,17 @@ def main() -> None:
     print(f"load, cold (dequantise + load):   {cold:8.1f} s")
     print(f"load, warm (cached folder):       {warm:8.1f} s")
     print(f"cold / warm load:                 {cold / warm:8.2f}x")
+    settings = {"rounds": ROUNDS, "batch": list(batch.tokens.shape), "hooks": len(noop)}
+    settings["goal"] = 1.05
+    result = {
+        "plain_forward_ms": statistics.median(plain_times) * 1000,
+        "hooked / plain": statistics.median(ratios),
+        "goal_met": statistics.median(ratios) <= 1.05,
+        "cold_load_s": cold,
+        "warm_load_s": warm,
+        "cold / warm load": cold / warm,
+    }
+    _results.write("registry_overhead", {"settings": settings, "results": result})
 
 
 if __name__ == "__main__":

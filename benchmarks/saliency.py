@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+import _results
 import torch
 
 from icl_mech import load_model
@@ -147,7 +148,8 @@ def main() -> None:
         saliency(model, batch, memory="lean")
 
     full, lean = saliency(model, batch).scores, saliency(model, batch, memory="lean").scores
-    print(f"lean vs full saliency: max |score difference| {(full - lean).abs().max():.1e}")
+    lean_difference = float((full - lean).abs().max())
+    print(f"lean vs full saliency: max |score difference| {lean_difference:.1e}")
     t = interleaved(
         {
             "forward": forward,
@@ -207,10 +209,44 @@ def main() -> None:
     )
 
     memory = {run: peak_memory(run, args) for run in ("forward", "saliency", "saliency-lean")}
+    record = {
+        "settings": {
+            "task": args.task,
+            "n": args.n,
+            "repeats": args.repeats,
+            "throughput_repeats": max(1, args.repeats - 1),
+            "torch_threads": torch.get_num_threads(),
+            "batch": list(batch.tokens.shape),
+            "padding": 1 - batch.attention_mask.float().mean().item(),
+            "goals": {"saliency_over_forward": 2.0, "throughput": 3.0, "lean_memory": 3.0},
+        },
+        "lean_vs_full_max_difference": lean_difference,
+        "median_s": {k: dict(zip(("wall", "cpu"), v)) for k, v in {**t, **b}.items()},
+        "ratios": {
+            label: dict(zip(("wall", "cpu"), value))
+            for label, value in {
+                "saliency / forward": ratio(t["saliency"], t["forward"]),
+                "saliency / forward at q": ratio(t["saliency"], t["forward_q"]),
+                "lean / forward": ratio(t["lean"], t["forward"]),
+                "lean / full saliency": ratio(t["lean"], t["saliency"]),
+                "saliency throughput batch / single": speedup,
+                "forward throughput batch / single": ratio(
+                    b["forward_singles"], b["forward_batch"]
+                ),
+            }.items()
+        },
+        "peak_memory_mb": {k: None if v is None else v / 1e6 for k, v in memory.items()},
+    }
     if None in memory.values():
         print("peak memory: not measurable here (needs Linux /proc/self/clear_refs)")
+        _results.write("saliency", record)
         return
     base = max(memory["forward"], 1)
+    record["memory_ratios"] = {
+        "saliency / forward": memory["saliency"] / base,
+        "lean / forward": memory["saliency-lean"] / base,
+    }
+    _results.write("saliency", record)
     print(
         "peak memory above the level before the run (fresh subprocess each): forward "
         f"{memory['forward'] / 1e6:.0f} MB, saliency {memory['saliency'] / 1e6:.0f} MB "

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _results
 import pandas as pd
 
 from icl_mech.sweeps import Sweep
@@ -53,7 +54,7 @@ def timed(action) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def executors(folder: Path) -> None:
+def executors(folder: Path) -> dict:
     import ray
 
     from icl_mech.sweeps.cells import model_for
@@ -85,14 +86,25 @@ def executors(folder: Path) -> None:
     print(f"ray executor, 2 workers, warm:       {warm_seconds:6.1f} s  "
           f"ratio ray/local {warm_seconds / local_seconds:.2f}")  # fmt: skip
     print("tables: local == ray (cold and warm), exactly")
+    return {
+        "cells": cells,
+        "local_s": local_seconds,
+        "median_cell_s": per_cell,
+        "ray_start_s": start_seconds,
+        "ray_cold_s": cold_seconds,
+        "ray_warm_s": warm_seconds,
+        "ray cold / local": cold_seconds / local_seconds,
+        "ray warm / local": warm_seconds / local_seconds,
+        "tables_equal": True,
+    }
 
 
-def embedded(folder: Path) -> None:
+def embedded(folder: Path) -> dict:
     from icl_mech.sweeps.cells import model_for
 
     load_seconds, _ = timed(lambda: model_for("embedded"))
     print(f"\nembedded model: loaded in {load_seconds:.1f} s; one quick cell per method:")
-    total = 0.0
+    total, record = 0.0, {"load_s": load_seconds, "cells_s": {}, "failed": []}
     for method, axes in EMBEDDED_CELLS.items():
         grid = {"method": method, "quick": True, **axes}
         if method != "icl-gd":
@@ -102,7 +114,12 @@ def embedded(folder: Path) -> None:
         total += seconds
         state = "ok" if not summary.failed else f"FAILED: {sweep.status()['last_error'][0]}"
         print(f"  {method:20s} {seconds:7.1f} s  {state}")
+        record["cells_s"][method] = seconds
+        if summary.failed:
+            record["failed"].append(method)
     print(f"  {'total':20s} {total:7.1f} s")
+    record["total_s"] = total
+    return record
 
 
 def main() -> None:
@@ -112,9 +129,14 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory(prefix="icl_mech-sweep-bench-") as folder:
-        executors(Path(folder))
+        payload = {"executors": executors(Path(folder))}
         if args.embedded:
-            embedded(Path(folder))
+            payload["embedded"] = embedded(Path(folder))
+    grid = {k: v for k, v in TINY_GRID.items() if k != "settings"}
+    payload["settings"] = {"grid": grid, "tiny_settings": TINY_GRID["settings"]}
+    payload["settings"]["ray_workers"] = 2
+    payload["settings"]["embedded"] = args.embedded
+    _results.write("sweep", payload, packages=("ray", "pyarrow"))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ machine are noisy, so each fast variant takes the best of ``--repeats`` runs.
 import argparse
 import time
 
+import _results
 import torch
 
 from icl_mech import PromptBatch, load_model, tasks
@@ -51,7 +52,9 @@ def floor_ratio(model, seq_len: int, layers: int) -> float:
     return naive / (prefix + above + layers * unembed)
 
 
-def sweep_benchmark(model, name: str, n_queries: int, repeats: int) -> tuple[float, float]:
+def sweep_benchmark(
+    model, name: str, n_queries: int, repeats: int, record: dict
+) -> tuple[float, float]:
     task = tasks.load(name)
     pool, test = task.split(n_queries, seed=0)
     batch = PromptBatch.from_prompts(model, [ICLPrompt.zero_shot(task, q) for q in test.examples])
@@ -63,6 +66,8 @@ def sweep_benchmark(model, name: str, n_queries: int, repeats: int) -> tuple[flo
     )
     print(f"  naive, one patched forward per layer : {naive_s:7.2f} s   1.0x")
     best = 0.0
+    record[name] = entry = {"queries": n_queries, "prompt_tokens": batch.seq_len}
+    entry["naive_s"] = naive_s
     for groups in (1, 3):
         seconds, cached = timed(
             lambda g=groups: sweep_logits(model, batch, theta, groups=g), repeats
@@ -74,12 +79,18 @@ def sweep_benchmark(model, name: str, n_queries: int, repeats: int) -> tuple[flo
             f"   max |logit diff| {diff:.1e}"
         )
         best = max(best, naive_s / seconds)
+        entry[f"cached_{groups}_groups"] = {
+            "seconds": seconds,
+            "speedup": naive_s / seconds,
+            "max_logit_difference": diff,
+        }
     floor = floor_ratio(model, batch.seq_len, model.cfg.n_layers)
+    entry.update(floor=floor, speedup=best, reached=best / floor, goal_met=best / floor >= GOAL)
     print(f"  compute floor: naive / least exact sweep = {floor:.1f}x multiply-adds")
     return best, floor
 
 
-def extraction_benchmark(model, n_sets: int, repeats: int) -> None:
+def extraction_benchmark(model, n_sets: int, repeats: int) -> dict:
     task = tasks.load("country_capital")
     sets = sample_sets(task, n_sets, 5, seed=0)
     batched_s, batched = timed(lambda: extract(model, task, sets, batch_size=32), repeats)
@@ -93,6 +104,15 @@ def extraction_benchmark(model, n_sets: int, repeats: int) -> None:
         f"  batched (32 prompts) : {n_sets / batched_s:6.2f} sets/s  ({batched_s:.1f} s)  "
         f"{single_s / batched_s:.1f}x   max |θ diff| {diff:.1e}"
     )
+    return {
+        "sets": n_sets,
+        "single_s": single_s,
+        "batched_s": batched_s,
+        "single_sets_per_s": n_sets / single_s,
+        "batched_sets_per_s": n_sets / batched_s,
+        "speedup": single_s / batched_s,
+        "max_theta_difference": diff,
+    }
 
 
 def main() -> int:
@@ -104,16 +124,27 @@ def main() -> int:
     model = load_model()
     with torch_threads(1), torch.no_grad():
         print(f"model {model.cfg.model_name}, torch threads 1")
+        sweeps = {}
         ratios = {
-            name: sweep_benchmark(model, name, args.queries, args.repeats)
+            name: sweep_benchmark(model, name, args.queries, args.repeats, sweeps)
             for name in ("country_capital", "city_country")
         }
-        extraction_benchmark(model, args.sets, args.repeats)
+        extraction = extraction_benchmark(model, args.sets, args.repeats)
     print(f"\nlayer sweep speed-up (best cached variant) vs the compute floor, goal >= {GOAL:.0%}:")
     for name, (ratio, floor) in ratios.items():
         reached = ratio / floor
         verdict = "met" if reached >= GOAL else "MISSED"
         print(f"  {name:16s} {ratio:5.1f}x of a {floor:4.1f}x floor = {reached:4.0%}  {verdict}")
+    settings = {
+        "queries": args.queries,
+        "sets": args.sets,
+        "repeats": args.repeats,
+        "layers": model.cfg.n_layers,
+        "torch_threads": 1,
+        "goal": GOAL,
+    }
+    payload = {"settings": settings, "sweeps": sweeps, "extraction": extraction}
+    _results.write("task_vectors", payload)
     return 0
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from icl_mech import scoring, stats
 from icl_mech import settings as base
-from icl_mech import stats
 from icl_mech import tasks as bundled
 from icl_mech.anchors.experiment import AnalysisSettings, analyse_task
 from icl_mech.anchors.figures import flows_figure, loyalty_figure
@@ -50,21 +50,22 @@ TV_SIZES = {"n_test": "tv_n_test", "n_dev": "tv_n_dev"}  # task-vector sizes the
 class CheckSettings(base.Settings):
     """ICL: ``icl_n_test`` per task, 0-shot vs one demonstration per class. Label words: one
     task, ``anchor_n_test`` prompts. Task vectors: ``tv_n_dev`` queries choose the layer,
-    ``tv_n_test`` score it, per task. ICV: ``icv_n_demonstrations`` pairs make the vector and
-    the ICL prompt, ``icv_n_test`` sources per λ."""
+    ``tv_n_test`` score it, per task; the default task sets are fixed here, before any result:
+    every bundled city task and four input->output tasks. ICV: ``icv_n_demonstrations`` pairs
+    make the vector and the ICL prompt, ``icv_n_dev`` sources choose λ, ``icv_n_test`` other
+    sources confirm it."""
 
     QUICK = dict(
         icl_n_test=12, anchor_n_test=6, city_tasks=("city_language_json",),
         io_tasks=("antonym",), tv_n_dev=4, tv_n_test=6, icv_strengths=(0.06,), icv_n_test=3,
-        max_new_tokens=8,
+        icv_n_dev=3, max_new_tokens=8,
     )  # fmt: skip
     threads: int | None = None  # all cores: a check is interactive
     icl_tasks: tuple[str | Task, ...] = ("sentiment", "topic")  # names, task files or Tasks
     icl_n_test: int = 48
     anchor_task: str | Task = "sentiment"
     anchor_n_test: int = 32
-    city_tasks: tuple[str | Task, ...] = ("city_language", "city_continent_json",
-                                          "city_country_json")  # fmt: skip
+    city_tasks: tuple[str | Task, ...] = tuple(bundled.names("city"))
     io_tasks: tuple[str | Task, ...] = ("antonym", "english_french", "past_tense",
                                         "country_capital")  # fmt: skip
     tv_n_dev: int = 12
@@ -73,6 +74,7 @@ class CheckSettings(base.Settings):
     icv_strengths: tuple[float, ...] = (0.04, 0.06)
     icv_n_demonstrations: int = 16
     icv_n_test: int = 12
+    icv_n_dev: int = 12
     max_new_tokens: int = 20
 
     def check(self) -> None:
@@ -85,7 +87,8 @@ class CheckSettings(base.Settings):
         if self.icv_pair_set not in STYLE_METRICS:
             raise IclMechError(f"{where}: {unknown('pair set', self.icv_pair_set, STYLE_METRICS)}")
         base.positive(self, "icl_n_test", "anchor_n_test", "tv_n_dev", "tv_n_test", "icv_n_test",
-                      "icv_n_demonstrations", "max_new_tokens")  # fmt: skip
+                      "icv_n_dev", "icv_n_demonstrations", "max_new_tokens")  # fmt: skip
+        self.icv_settings()  # the pair set holds demonstrations, dev and test sources
         for item in self.icl_tasks:
             bundled.check_queries(bundled.resolve(item), self.icl_n_test, [self.seed], where,
                                   "icl_n_test")  # fmt: skip
@@ -102,6 +105,13 @@ class CheckSettings(base.Settings):
         return TaskVectorSettings(tasks=(*self.city_tasks, *self.io_tasks), pairs=(),
                                   n_dev=self.tv_n_dev, n_test=self.tv_n_test, seed=self.seed,
                                   max_new_tokens=4, test_curves=False)  # fmt: skip
+
+    def icv_settings(self) -> IcvSettings:
+        """The ICV section's settings: one pair set, λ chosen on dev, confirmed on test."""
+        return IcvSettings(pair_sets=(self.icv_pair_set,), strengths=self.icv_strengths,
+                           n_demonstrations=self.icv_n_demonstrations, n_test=self.icv_n_test,
+                           n_dev=self.icv_n_dev, max_new_tokens=self.max_new_tokens,
+                           seed=self.seed)  # fmt: skip
 
 
 @dataclass
@@ -148,8 +158,12 @@ class ReportCard:
 
 
 def check(model, settings: CheckSettings | None = None, progress: bool = True) -> ReportCard:
-    """Run every section on ``model`` and judge it."""
+    """Run every section on ``model`` and judge it. Every task's answers are checked against
+    the scoring rule (:func:`icl_mech.scoring.check_answers`) before any forward pass."""
     settings = settings or CheckSettings()
+    for item in (*settings.icl_tasks, settings.anchor_task, *settings.city_tasks,
+                 *settings.io_tasks):  # fmt: skip
+        scoring.check_answers(model, bundled.resolve(item))
     start = time.perf_counter()
     headlines: dict[str, Any] = {}
     figures: dict[str, Any] = {}
@@ -171,15 +185,15 @@ def _icl(model, s: CheckSettings, progress, headlines, figures) -> None:
         zero, few = (icl_accuracy(model, task, shots, s.icl_n_test, s.seed, progress=progress)
                      for shots in (0, 1))  # fmt: skip
         results += [zero, few]
-        zero_correct = np.equal(zero.gold, zero.predicted).astype(float)
-        few_correct = np.equal(few.gold, few.predicted).astype(float)
+        zero_correct = np.asarray(zero.correct, dtype=float)  # by icl_mech.scoring's rule
+        few_correct = np.asarray(few.correct, dtype=float)
         gains.append(few_correct - zero_correct)
         strata += [name] * len(zero.gold)
         section[name] = _accuracies(
             zero_correct, few_correct, stats.paired(few_correct, zero_correct)
         )
-    zero_all = np.concatenate([np.equal(r.gold, r.predicted) for r in results[0::2]])
-    few_all = np.concatenate([np.equal(r.gold, r.predicted) for r in results[1::2]])
+    zero_all = np.concatenate([np.asarray(r.correct) for r in results[0::2]])
+    few_all = np.concatenate([np.asarray(r.correct) for r in results[1::2]])
     section["all"] = _accuracies(zero_all, few_all, stats.stratified(np.concatenate(gains), strata),
                                  strata)  # fmt: skip
     headlines["icl"] = section
@@ -221,10 +235,7 @@ def _task_vectors(model, s: CheckSettings, progress, headlines, figures) -> None
 
 
 def _icv(model, s: CheckSettings, progress, headlines, figures) -> None:
-    settings = IcvSettings(pair_sets=(s.icv_pair_set,), strengths=s.icv_strengths,
-                           n_demonstrations=s.icv_n_demonstrations, n_test=s.icv_n_test,
-                           max_new_tokens=s.max_new_tokens, seed=s.seed)  # fmt: skip
+    settings = s.icv_settings()
     evaluations = evaluate_icv(model, settings.pair_sets, settings, progress=progress)
-    summary = evaluations.to_frame()
-    headlines["icv"] = icv_headline(summary)
+    headlines["icv"] = icv_headline(evaluations)
     figures["ICV: style, content and fluency per λ"] = sweep_figure(evaluations)

@@ -24,11 +24,13 @@ from icl_mech.errors import IclMechError, unknown
 from icl_mech.evaluation import icl_accuracy
 from icl_mech.model_names import MODELS, check_name
 from icl_mech.models import load_model
+from icl_mech.report import ABOUT, write_index, write_table
 from icl_mech.runner import REPRODUCTIONS, writable_folder
 from icl_mech.runner import reproduce as run_one
 from icl_mech.settings import ONE_WORD
 from icl_mech.sweeps import run_command
 from icl_mech.tasks import label
+from icl_mech.tasks.difficulty import table as difficulty_table
 from icl_mech.version import __version__
 
 NAMES = ("anchors", "anchor-applications", "task-vectors", "function-vectors", "icv", "icl-gd")
@@ -173,6 +175,7 @@ def info(args) -> int:
         sizes = [f"{n} ({len(tasks.load(n).examples)})" for n in tasks.names(kind)]
         print(f"{shown} tasks (examples): {', '.join(sizes)}")
     print("  your own: --set tasks=FILE.csv|.json|.jsonl (options in FILE.task.json)")
+    print("\n".join(difficulty_table()))
     pairs = [f"{n} ({len(tasks.load_pairs(n))})" for n in tasks.pair_names()]
     print(f"ICV pair sets (pairs): {', '.join(pairs)}")
     print(f"hook kinds: {', '.join(kinds())}")
@@ -223,10 +226,12 @@ def _model(name: str | None):
     return load_model(name)
 
 
-def _run(plans: dict, model, outs: dict) -> int:
+def _run(plans: dict, model, outs: dict, reports: list | None = None) -> int:
     for name, settings in plans.items():
         print(f"== {name} ==", flush=True)
         report = run_one(name, model, settings, out=outs[name])
+        if reports is not None:
+            reports.append(report)
         print(report.summary(), flush=True)
         files = f"{len(report.tables)} tables and {len(report.figures)} figures"
         print(f"wrote {files} to {outs[name]}", flush=True)
@@ -266,7 +271,16 @@ def demo(args) -> int:
         print(f"{name:15s} {zero.estimate()!s:>18s} {few.estimate()!s:>18s}", flush=True)
     figure = plotting.accuracy_figure(results, model.cfg.model_name)
     print(f"wrote {plotting.save_figure(figure, out, 'icl_accuracy')}")
-    return _run(plans, model, {name: out for name in plans})
+    frame = plotting.accuracy_frame(results).assign(model=model.cfg.model_name)
+    print(f"wrote {write_table(frame, out, 'icl_accuracy')[0]}")
+    reports: list = []
+    _run(plans, model, {name: out for name in plans}, reports)
+    what = f"{', '.join(DEMO_TASKS)}: 0-shot vs 1 demonstration per class, 64 held-out queries"
+    made = {"icl_accuracy.png": f"figure: ICL accuracy on {what}"}
+    made |= {f"icl_accuracy.{end}": f"that accuracy as a table ({end})" for end in ("csv", "md")}
+    sections = {"ICL accuracy": made} | {ABOUT[r.name].paper: r.describe() for r in reports}
+    print(f"wrote {write_index(out, f'icl-mech demo on {model.cfg.model_name}', sections)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from icl_mech import stats, validate
+from icl_mech import scoring, stats, validate
 from icl_mech.batching import batched
-from icl_mech.errors import IclMechError
-from icl_mech.hooks import run
+from icl_mech.hooks import attach, run
 from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.prompt_batch import PromptBatch
 from icl_mech.prompts import Task
@@ -44,15 +43,9 @@ def batches(
 
 
 def answer_token_ids(model, prompts: Sequence[ICLPrompt]) -> torch.Tensor:
-    """First token of each prompt's gold answer (io tasks)."""
-    ids = []
-    for p in prompts:
-        if p.answer is None:
-            raise IclMechError("scoring needs every prompt's query to carry its answer")
-        ids.append(
-            model.tokenizer.encode(p.task.answer_prefix + p.answer, add_special_tokens=False)[0]
-        )
-    return torch.tensor(ids)
+    """The scored token of each prompt's gold answer (io tasks): its first content token
+    (:mod:`icl_mech.scoring`)."""
+    return torch.tensor([g.content for g in scoring.golds(model, prompts)])
 
 
 def predict(model, batch: PromptBatch, *items) -> torch.Tensor:
@@ -64,24 +57,56 @@ def predict(model, batch: PromptBatch, *items) -> torch.Tensor:
     return logits[:, -1].argmax(-1)
 
 
+def scored_hits(
+    model, batch: PromptBatch, golds: Sequence[scoring.Gold], first: list[int] | None = None
+) -> list[bool]:
+    """Correct rows of an unpatched batch by the scoring rule: one plain forward (as
+    ``predict``; its argmax appended to ``first`` if given), then the rows that start with bare
+    tokens once more, teacher-forced (:mod:`icl_mech.scoring`)."""
+    bare = scoring.bare_rows(golds)
+    predicted = predict(model, batch).cpu()
+    if first is not None:
+        first += predicted.tolist()
+    hits = (predicted == torch.tensor([g.content for g in golds])).tolist()
+    if bare:
+        chosen = [golds[i] for i in bare]
+        sub = scoring.subset(batch, bare)
+        forced = scoring.forced_tokens(chosen).to(sub.tokens.device)
+        tokens = torch.cat([sub.tokens, forced], dim=1)
+        mask = torch.cat([sub.attention_mask, torch.ones_like(forced)], dim=1)
+        with torch.no_grad(), attach(model):
+            logits = model(tokens, attention_mask=mask)[:, sub.seq_len - 1 :]
+        for i, hit in zip(bare, scoring.logit_hits(logits, chosen).tolist()):
+            hits[i] = hit
+    return [bool(h) for h in hits]
+
+
 @dataclass
 class AccuracyResult:
     task: str
     n_demonstrations: int
     seed: int
     queries: list[str]
-    gold: list[int]  # class index, or first answer token id
-    predicted: list[int]
+    gold: list[int]  # class index, or the scored (first content) answer token id
+    predicted: list[int]  # class index, or the first greedy token
     n_classes: int = 0  # 0 for io tasks
+    hits: list[bool] | None = None  # io tasks: correct by icl_mech.scoring's rule
+
+    @property
+    def correct(self) -> list[bool]:
+        """Per query: right by the scoring rule (classification: the predicted class)."""
+        if self.hits is not None:
+            return list(self.hits)
+        return [g == p for g, p in zip(self.gold, self.predicted)]
 
     @property
     def accuracy(self) -> float:
-        return sum(g == p for g, p in zip(self.gold, self.predicted)) / len(self.gold)
+        return sum(self.correct) / len(self.gold)
 
     def estimate(self) -> stats.Estimate:
         """Accuracy with a 95% bootstrap interval over the queries (``str`` gives
         ``0.75 [0.64, 0.86]``)."""
-        return stats.bootstrap([float(g == p) for g, p in zip(self.gold, self.predicted)])
+        return stats.bootstrap([float(c) for c in self.correct])
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -92,7 +117,7 @@ class AccuracyResult:
                 "query": self.queries,
                 "gold": self.gold,
                 "predicted": self.predicted,
-                "correct": [g == p for g, p in zip(self.gold, self.predicted)],
+                "correct": self.correct,
             }
         )
 
@@ -109,20 +134,31 @@ def icl_accuracy(
     """Few-shot accuracy on ``n_test`` held-out examples of a task.
 
     The test queries are a seeded, class-balanced split; demonstrations come from the rest.
+    Input -> output answers are scored by :mod:`icl_mech.scoring` (first content token, reached
+    greedily); a task whose answers that rule cannot tell apart is refused before any forward.
     """
     n_demonstrations = validate.count(n_demonstrations, "icl_accuracy n_demonstrations", minimum=0)
     n_test = validate.count(n_test, "icl_accuracy n_test", maximum=len(task.examples))
     validate.count(batch_size, "icl_accuracy batch_size")
+    scoring.check_answers(model, task)
     pool, test = task.split(n_test, seed)
     prompts = build_prompts(pool, n_demonstrations, test.examples, seed)
-    if task.is_classification:
+    golds = None if task.is_classification else scoring.golds(model, prompts)
+    if golds is None:
         gold = [task.class_index(p.answer) for p in prompts]
     else:
-        gold = answer_token_ids(model, prompts).tolist()
+        gold = [g.content for g in golds]
     predicted: list[int] = []
+    hits: list[bool] | None = None if golds is None else []
     label = progress and f"{task.name} {n_demonstrations}-shot"
     for batch in batches(model, prompts, batch_size, progress=label):
-        predicted += predict(model, batch).tolist()
+        if golds is None:
+            predicted += predict(model, batch).tolist()
+            continue
+        rows = golds[len(hits) : len(hits) + len(batch)]
+        hits += scored_hits(model, batch, rows, predicted)
     queries = [q.x for q in test.examples]
     n_classes = len(task.classes) if task.classes else 0
-    return AccuracyResult(task.name, n_demonstrations, seed, queries, gold, predicted, n_classes)
+    return AccuracyResult(
+        task.name, n_demonstrations, seed, queries, gold, predicted, n_classes, hits
+    )

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from icl_mech import display, validate
-from icl_mech.plotting import save_figure
+from icl_mech.plotting import figure_title, save_figure
 from icl_mech.settings import Settings
 from icl_mech.vector_files import dumps
 from icl_mech.version import __version__
@@ -79,6 +79,24 @@ class Report:
         paths[-1].write_text(dumps(self.record(), indent=1) + "\n")
         return paths
 
+    def describe(self) -> dict[str, str]:
+        """One line per file ``write`` makes: what each table, figure and the JSON holds."""
+        prefix = ABOUT[self.name].prefix
+        out = {}
+        for name, frame in self.tables.items():
+            shown = plain(frame)
+            columns = [*map(str, shown.columns[:6]), *(["..."] if shown.shape[1] > 6 else [])]
+            what = f"table {name}: {len(shown)} rows ({', '.join(columns)})"
+            bounds = any(str(c).endswith("_low") for c in shown.columns)
+            out[f"{prefix}{name}.csv"] = what + (", with the intervals' bounds" if bounds else "")
+            out[f"{prefix}{name}.md"] = f"table {name} in Markdown" + (
+                ", intervals as text" if bounds else ""
+            )
+        for name, figure in self.figures.items():
+            out[f"{prefix}{name}.png"] = f"figure: {figure_title(figure) or name}"
+        out[f"{prefix}report.json"] = "settings, headline numbers, model and package version"
+        return out
+
     def record(self) -> dict[str, Any]:
         return {
             "reproduction": self.name,
@@ -114,14 +132,34 @@ class Report:
 
 def write_table(frame: pd.DataFrame, out: Path, name: str) -> list[Path]:
     """One table as ``<name>.csv`` (full precision) and ``<name>.md`` (4 significant digits,
-    without the ``*_low``/``*_high`` bound columns: tables carry intervals as text there)."""
-    keep_index = not isinstance(frame.index, pd.RangeIndex)
+    without the ``*_low``/``*_high`` bound columns: tables carry intervals as text there).
+    Neither has an index column: the table is written as ``plain(frame)``."""
     csv, md = out / f"{name}.csv", out / f"{name}.md"
-    frame.to_csv(csv, index=keep_index)
-    shown = frame.reset_index() if keep_index else frame
+    shown = plain(frame)
+    shown.to_csv(csv, index=False)
     bounds = [c for c in shown.columns if str(c).endswith(("_low", "_high"))]
     md.write_text(markdown(shown.drop(columns=bounds)))  # the CSV keeps the interval bounds
     return [csv, md]
+
+
+def plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as it is written: named index levels (``task``, ``method``) become columns,
+    unnamed ones (row numbers, a ``RangeIndex``, ``concat``'s unnamed keys) are dropped."""
+    named = [level for level in frame.index.names if level is not None]
+    if named:
+        frame = frame.reset_index(level=named)
+    return frame.reset_index(drop=True)
+
+
+def write_index(out: str | Path, title: str, sections: dict[str, dict[str, str]]) -> Path:
+    """``<out>/index.md``: under one heading per section, each file (a link) with its line."""
+    lines = [f"# {title}", "", "What this folder holds, one line per file."]
+    for heading, files in sections.items():
+        lines += ["", f"## {heading}", ""]
+        lines += [f"- [`{name}`]({name}): {what}" for name, what in files.items()]
+    path = Path(out) / "index.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def markdown(frame: pd.DataFrame) -> str:

@@ -21,6 +21,7 @@ from icl_mech.anchors.readout import target_logits
 from icl_mech.anchors.reweighting_experiment import ALL_TASKS, GAIN
 from icl_mech.evaluation import build_prompts
 from icl_mech.models import torch_threads
+from icl_mech.report import plain
 from icl_mech.runner import reproduce
 
 TINY_RUN = dict(
@@ -40,8 +41,7 @@ def test_run_writes_the_numbers_it_returns(tiny_llama, tmp_path):
                        progress=False, **TINY_RUN)  # fmt: skip
     for name in ("table1_reweighting", "table2_compression", "table3_speedup", "diagnosis"):
         written = pd.read_csv(tmp_path / f"anchor_apps_{name}.csv")
-        returned = report.tables[name]
-        returned = returned if isinstance(returned.index, pd.RangeIndex) else returned.reset_index()
+        returned = plain(report.tables[name])  # named index levels as columns, no row numbers
         pd.testing.assert_frame_equal(written, returned, check_dtype=False, atol=1e-9)
         markdown = (tmp_path / f"anchor_apps_{name}.md").read_text()
         assert markdown.startswith("|") and len(markdown.splitlines()) == len(returned) + 2

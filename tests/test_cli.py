@@ -2,12 +2,15 @@
 input is one line and exit status 2, and the demo leaves the checkout clean."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from icl_mech import IclMechError, cli, runner
+from icl_mech.report import write_table
 from icl_mech.runner import REPRODUCTIONS
 
 ROOT = Path(__file__).parent.parent
@@ -50,6 +53,7 @@ TINY = {
     ),  # fmt: skip
     "icv": dict(
         n_test="1",
+        n_dev="1",
         n_demonstrations="3",
         strengths="0.1",
         max_new_tokens="3",
@@ -169,6 +173,29 @@ def test_report_json_is_strict_json(tmp_path):
     assert record["headline"] == {"loss": None, "n": 3}
 
 
+@pytest.mark.parametrize("index", ["range", "rows", "multi", "named"])
+def test_written_tables_have_no_index_columns(tmp_path, index):
+    """A RangeIndex, leftover row numbers and concat's unnamed keys are not written; a named
+    index level is a column like any other."""
+    frame = pd.DataFrame({"condition": ["none", "icv"], "style": [0.25, 0.5]})
+    if index == "rows":
+        frame = pd.concat([frame.iloc[:1], frame.iloc[1:]])  # index 0, 1, not a RangeIndex
+    if index == "multi":
+        frame = pd.concat([frame, frame], keys=["a", "b"])
+    if index == "named":
+        frame = frame.set_index("condition")
+    write_table(frame, tmp_path, "table")
+    header = (tmp_path / "table.csv").read_text().splitlines()[0]
+    assert header == "condition,style"
+    markdown = (tmp_path / "table.md").read_text().splitlines()
+    assert markdown[0] == "| condition | style |" and markdown[1] == "|---|---|"
+    assert markdown[2].startswith("| none | 0.25 |")
+    written = pd.read_csv(tmp_path / "table.csv")
+    assert list(written.columns) == ["condition", "style"] and written.index.equals(
+        pd.RangeIndex(len(written))
+    )
+
+
 def _status() -> set[str]:
     """Changed and untracked paths, outside the source folders the demo never writes to."""
     lines = subprocess.run(
@@ -181,16 +208,23 @@ def _status() -> set[str]:
     return {line for line in lines if not line[3:].startswith(("tests/", "icl_mech/"))}
 
 
-def test_demo_leaves_the_checkout_clean(tiny_cli, monkeypatch, capsys):
+def test_demo_leaves_the_checkout_clean(tiny_cli, monkeypatch, capsys, tmp_path):
+    """The demo writes only into its --out folder, with an index of what it made there."""
     monkeypatch.chdir(ROOT)
     for name, values in TINY.items():  # the demo's quick runs, shrunk for a tiny model
         cls = REPRODUCTIONS[name].settings_class()
         small = {k: cls.parse(k, v) for k, v in values.items()}
         monkeypatch.setattr(cls, "QUICK", {**cls.QUICK, **small})
     before = _status()
-    assert cli.main(["demo"]) == 0
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
     assert _status() == before
-    written = {p.name for p in (ROOT / "runs" / "demo").iterdir()}
+    written = {p.name for p in tmp_path.iterdir()}
     assert {"icl_accuracy.png", "anchors_flows.png", "icl_gd_report.json"} <= written
     out = capsys.readouterr().out
-    assert "sentiment" in out and "task-vectors" in out
+    assert "sentiment" in out and "task-vectors" in out and "index.md" in out
+    index = (tmp_path / "index.md").read_text()
+    listed = dict(re.findall(r"^- \[`([^`]+)`\]\(\1\): (.+)$", index, flags=re.MULTILINE))
+    assert set(listed) == written - {"index.md"}  # every file it made, nothing else
+    assert all(len(line) > 10 for line in listed.values())
+    assert listed["anchors_flows.png"].startswith("figure: Information flow per layer")
+    assert "## " + runner.ABOUT["icl-gd"].paper in index

@@ -2,9 +2,12 @@
 
 import random
 
+import numpy as np
 import pytest
 import torch
+from matplotlib.collections import PathCollection, QuadMesh
 from matplotlib.figure import Figure
+from PIL import Image
 
 from icl_mech import Capture, IclMechError, Patch, PromptBatch, attach, kinds, run, tasks
 from icl_mech import tiny_model as make_tiny
@@ -22,11 +25,13 @@ from icl_mech.function_vectors import (
     shuffle_labels,
     shuffled_twins,
 )
+from icl_mech.function_vectors.effects import IndirectEffect
 from icl_mech.function_vectors.evaluate import demonstrations_of
 from icl_mech.function_vectors.figures import accuracy_bars, indirect_effect_map, layer_curves
 from icl_mech.function_vectors.results import CONDITIONS
 from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.models import torch_threads
+from icl_mech.plotting import save_figure
 from icl_mech.prompts import Demonstration
 from icl_mech.runner import reproduce
 
@@ -371,6 +376,39 @@ def test_figures_of_one_task(tiny_llama, task):
         assert isinstance(fig, Figure)
 
 
+@pytest.mark.parametrize("layers", [tuple(range(30)), (2, 5, 9, 10)])
+def test_indirect_effect_map_is_a_grid_with_its_marks_on_the_top_heads(layers, tmp_path):
+    """Ten tasks and their mean in a grid that reads at 1600 px; each panel's circles sit at
+    (head, layer) of its top-k heads, on the cells that hold those heads' effects."""
+    generator = torch.Generator().manual_seed(0)
+    n_heads, k = 9, 10
+    effects = [
+        IndirectEffect(f"task{t}", layers, torch.zeros(len(layers), n_heads, 2),
+                       torch.randn(3, len(layers), n_heads, generator=generator), torch.zeros(3), 3)
+        for t in range(10)
+    ]  # fmt: skip
+    average = torch.stack([e.mean for e in effects]).mean(0)
+    mean = IndirectEffect("mean over tasks", layers, effects[0].mean_outputs, average[None],
+                          torch.zeros(1), 3)  # fmt: skip
+    fig = indirect_effect_map(effects, k=k)
+    width, _ = Image.open(save_figure(fig, tmp_path, "map")).size
+    assert width <= 1700
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
+    assert len(panels) == 11 and len({ax.get_position().y0 for ax in panels.values()}) >= 3
+    for effect in [*effects, mean]:
+        ax = panels[effect.task]
+        mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
+        marks = next(c for c in ax.collections if isinstance(c, PathCollection)).get_offsets()
+        top = effect.top(k)
+        assert [(int(y), int(x)) for x, y in np.asarray(marks)] == top
+        edges = mesh.get_coordinates()[:, 0, 1]  # the cells' lower and upper layer bounds
+        cells = np.asarray(mesh.get_array()).reshape(len(layers), n_heads)
+        for layer, head in top:
+            row = int(np.searchsorted(edges, layer)) - 1
+            assert edges[row] < layer < edges[row + 1]
+            assert cells[row, head] == pytest.approx(float(effect.mean[layers.index(layer), head]))
+
+
 @pytest.mark.embedded
 def test_pipeline_on_the_embedded_model(embedded):
     """SmolLM2 (grouped-query: 9 query heads over 3 key/value heads): finite numbers with
@@ -390,3 +428,19 @@ def test_pipeline_on_the_embedded_model(embedded):
     assert len(heads) == 270 and heads.drop(columns="task").notna().all().all()
     assert (heads["indirect_effect_low"] <= heads["indirect_effect"]).all()
     assert results.accuracy_frame()["fv_add"].str.contains(r"\[").all()
+
+
+@pytest.mark.embedded
+def test_indirect_effects_on_the_embedded_model_equal_one_head_at_a_time(embedded):
+    """SmolLM2's grouped-query heads, two layers (18 heads): the batched cached effect equals
+    patching each head alone in a full forward."""
+    capitals = tasks.load("country_capital")
+    clean, shuffled = effect_prompts(capitals, 3, n_demonstrations=3, seed=0)
+    with torch_threads(1):
+        fast = indirect_effects(embedded, clean, shuffled, layers=[9, 15], batch_size=3)
+        slow = naive_indirect_effects(embedded, clean, shuffled, layers=[9, 15], batch_size=3)
+    scale = float(slow.effects.abs().max())
+    assert scale > 1e-4, "no head moves P(answer): the comparison would be empty"
+    torch.testing.assert_close(fast.effects, slow.effects, atol=1e-3 * scale, rtol=1e-3)
+    torch.testing.assert_close(fast.shuffled_probability, slow.shuffled_probability)
+    assert fast.top(3) == slow.top(3)

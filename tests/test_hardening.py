@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from conftest import changed_files, checkout_state
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -381,3 +382,13 @@ def test_property_runs_and_matches_or_refuses_before_the_forward(tiny_llama, bat
     else:
         expected = torch.where(mask, value, original)
     torch.testing.assert_close(changed, expected)
+
+
+def test_the_checkout_guard_sees_a_file_written_under_runs(tmp_path):
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    before = checkout_state(tmp_path)
+    (tmp_path / "runs" / "demo" / "report.json").write_text("{}")
+    assert changed_files(before, checkout_state(tmp_path)) == ["runs/demo/report.json"]
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "x").write_text("")
+    assert changed_files(before, checkout_state(tmp_path)) == ["runs/demo/report.json"]

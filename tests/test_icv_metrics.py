@@ -73,7 +73,7 @@ def test_prompts_and_helpers(tiny_llama):
     assert style_scores("rude_polite", [0.5], [0.25]) == [0.75]
     with pytest.raises(IclMechError, match="no style metric"):
         style_scores("unknown", [], [])
-    demos, test = split_pairs(tasks.load_pairs("rude_polite"), 3, 2, seed=0)
+    demos, _, test = split_pairs(tasks.load_pairs("rude_polite"), 3, 2, seed=0)
     assert len(demos) == 3 and len(test) == 2 and not set(demos) & set(test)
     with pytest.raises(IclMechError, match="only 72 pairs"):
         split_pairs(tasks.load_pairs("rude_polite"), 70, 5, seed=0)

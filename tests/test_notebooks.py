@@ -8,6 +8,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 MAX_BYTES = 1_500_000  # figures at the default inline resolution; a flood of output is larger
+PROGRESS = ("%|", "it/s]", "s/it]")  # a tqdm bar: "Loading weights:   0%|   | 0/272 [...it/s]"
 
 
 def errors_of(notebook) -> list:
@@ -17,6 +18,17 @@ def errors_of(notebook) -> list:
         for o in cell.get("outputs", [])
         if o.get("output_type") == "error"
     ]
+
+
+def progress_debris(notebook) -> list[str]:
+    """Outputs that are progress bars (tqdm's text or widget, frozen where the run left it)."""
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            text = output.get("text", "") + output.get("data", {}).get("text/plain", "")
+            if any(mark in text for mark in PROGRESS):
+                found.append(text.strip().splitlines()[0][:80])
+    return found
 
 
 def test_there_are_notebooks():
@@ -41,11 +53,22 @@ def test_notebook_is_committed_with_outputs(path):
     assert not leaked, f"{path.name} outputs show machine paths {leaked}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_notebook_has_no_progress_bars(path):
+    """No frozen progress bar in a committed output (`make notebooks` runs without them)."""
+    notebook = nbformat.read(path, as_version=4)
+    debris = progress_debris(notebook)
+    assert not debris, f"{path.name} has progress-bar outputs {debris}: run `make notebooks`"
+    assert "widgets" not in notebook.metadata, f"{path.name} keeps progress widgets' state"
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("ICL_MECH_QUICK", "1")
     monkeypatch.setenv("ICL_MECH_FIGURES", str(tmp_path))
+    for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):  # as `make notebooks` runs
+        monkeypatch.setenv(name, "1")
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook,
@@ -55,3 +78,4 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     )
     client.execute()
     assert not errors_of(notebook)
+    assert not progress_debris(notebook)

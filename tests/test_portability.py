@@ -48,6 +48,7 @@ from icl_mech.anchors.reweighting import AnchorReweighting, anchor_columns, trai
 from icl_mech.backends import TL_MAJOR, backend_of, is_bridge
 from icl_mech.batching import encode_text
 from icl_mech.evaluation import build_prompts
+from icl_mech.function_vectors import effect_prompts, indirect_effects
 from icl_mech.icl_prompt import ROLES, ICLPrompt
 from icl_mech.icv import SENTIMENT_PAIRS, ICVSteering, extract_icv, generate
 from icl_mech.models import GEMMA_NAME, torch_threads
@@ -454,13 +455,13 @@ def test_reweighting(models, memo, column):
         assert trained.aux_loss == pytest.approx(hooked[2].aux_loss, rel=1e-3)
 
 
-def _diagnosis(model):
+def _diagnosis(model, batch_size: int = 8):
     topic = tasks.load("topic")
     by_class = topic.by_class()
     demos = [examples[0] for examples in by_class.values()]
     queries = [examples[i] for i in (1, 2) for examples in by_class.values()]
     layer = model.cfg.n_layers // 2
-    return diagnose(model, topic, demos, queries, layers=[layer], batch_size=8)
+    return diagnose(model, topic, demos, queries, layers=[layer], batch_size=batch_size)
 
 
 @columns
@@ -468,6 +469,11 @@ def test_diagnosis(models, memo, column):
     diagnosis = once(memo, models, "diagnosis", column, _diagnosis)
     predicted = diagnosis.predicted
     assert torch.isfinite(predicted).all() and torch.allclose(predicted, predicted.T)
+    # batched (8 queries of different lengths, left-padded) = one query at a time
+    alone = _diagnosis(models[column], batch_size=1)
+    assert size(predicted) > 0
+    close(predicted, alone.predicted, size(predicted), 1e-4)
+    close(diagnosis.actual, alone.actual, 1.0, 1e-6)
     hooked = partner_result(memo, models, "diagnosis", column, _diagnosis)
     if hooked is not None:
         close(predicted, hooked.predicted, 1.0, 5e-3)
@@ -561,3 +567,9 @@ def test_bridge_refusals_are_clear(models, column):
     item = ContinuePositions(torch.tensor([3]), torch.tensor([1]), mask)
     with pytest.raises(IclMechError, match="continue-positions.*bridge backend"):
         run(model, batch, item)
+    refused = r"is not available on the bridge backend .*start_at_layer"
+    with pytest.raises(IclMechError, match=r"saliency\(memory='lean'\) " + refused):
+        saliency(model, batch, memory="lean")
+    clean, shuffled = effect_prompts(CAPITALS, 2, n_demonstrations=2, seed=0)
+    with pytest.raises(IclMechError, match="function vectors " + refused):
+        indirect_effects(model, clean, shuffled)

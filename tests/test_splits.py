@@ -252,7 +252,7 @@ def test_anchor_protocol_checks_catch_an_overlapping_split(monkeypatch):
 @pytest.mark.parametrize("pair_set", ["negative_positive", "rude_polite"])
 def test_icv_demonstrations_and_test_sentences_are_disjoint(pair_set):
     pairs = tasks.load_pairs(pair_set)
-    demos, test = split_pairs(pairs, 16, 16, seed=0)
-    strings = {s for pair in demos for s in pair}
-    assert not strings & {s for pair in test for s in pair}
+    demos, dev, test = split_pairs(pairs, 16, 16, seed=0, n_dev=16)
+    parts = [{s for pair in part for s in pair} for part in (demos, dev, test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     assert len(set(pairs)) == len(pairs) and len({s for s, _ in pairs}) == len(pairs)

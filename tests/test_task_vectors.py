@@ -267,7 +267,8 @@ def test_protocol_conflicts_and_reproduce_on_tiny(tiny_llama, tmp_path):
         hits = torch.zeros(tiny_llama.cfg.n_layers)
         for index, batch in batched(tiny_llama, dev_data.zero_shot, 2):
             logits = naive_sweep_logits(tiny_llama, batch, dev_data.theta.values[index])
-            hits += (logits.argmax(-1) == dev_data.gold[index]).float().sum(1)
+            gold = torch.tensor([dev_data.gold[i].content for i in index])  # no bare tokens here
+            hits += (logits.argmax(-1) == gold).float().sum(1)
         dev_curve = (hits / len(dev.examples)).tolist()
         assert result.curve("replace", "dev").accuracy == pytest.approx(dev_curve)
         best = max(range(len(dev_curve)), key=lambda i: (dev_curve[i], -i))
@@ -277,7 +278,8 @@ def test_protocol_conflicts_and_reproduce_on_tiny(tiny_llama, tmp_path):
         replaced, zero_shot, texts = [], [], []
         for index, batch in batched(tiny_llama, test_data.zero_shot, 4):
             patch = test_data.theta.select(index).intervention(layer=result.layer_replace)
-            gold, steps = test_data.gold[index], protocol.max_new_tokens
+            gold = torch.tensor([test_data.gold[i].content for i in index])
+            steps = protocol.max_new_tokens
             patched = greedy(tiny_llama, batch, patch, max_new_tokens=steps)
             replaced += (patched.first_tokens == gold).tolist()
             texts += patched.texts

@@ -10,9 +10,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from icl_mech.anchors.compression_experiment import METRICS
-from icl_mech.anchors.reweighting_experiment import CONDITIONS, NUMBERS
+from icl_mech.anchors.reweighting_experiment import ALL_TASKS, CONDITIONS, NUMBERS
 from icl_mech.errors import IclMechError
-from icl_mech.plotting import grouped_bars
+from icl_mech.plotting import grouped_bars, interval_note
 
 # Wang et al.'s Table 3 (GPT2-XL), under the names of the bundled tasks
 PAPER_SPEEDUP = {"sentiment": 1.1, "question_type": 1.5, "topic": 2.5, "emotion": 1.4}
@@ -30,24 +30,31 @@ def _bars_with_whiskers(table: pd.DataFrame, numbers: dict[str, str]) -> tuple:
 def reweighting_figure(table) -> Figure:
     """Table 1 as bars: accuracy per task (and over all tasks) of the three conditions, with
     95% bootstrap intervals over the test queries."""
-    values, errors = _bars_with_whiskers(table.table(), {c: NUMBERS[c] for c in CONDITIONS})
+    frame = table.table()
+    values, errors = _bars_with_whiskers(frame, {c: NUMBERS[c] for c in CONDITIONS})
     figure = Figure(figsize=(7, 3.6), layout="constrained")
     ax = figure.subplots()
     grouped_bars(ax, values, "accuracy (%)", fmt="%.0f", errors=errors)
     ax.set_ylim(0, 110)
-    ax.set_title("Anchor re-weighting (Table 1), 95% intervals over test queries")
+    tasks = frame.drop(index=ALL_TASKS, errors="ignore")
+    note = interval_note("queries", tasks["n"] if len(tasks) else frame["n"], per="task")
+    if ALL_TASKS in frame.index and len(tasks):
+        note += f" ({int(frame.loc[ALL_TASKS, 'n'])} over all tasks)"
+    ax.set_title(f"Anchor re-weighting (Table 1)\n{note}", fontsize=10)
     return figure
 
 
 def compression_figure(table) -> Figure:
     """Table 2 as bars: label loyalty, word loyalty and accuracy of each method, with 95%
     bootstrap intervals over the test queries."""
-    values, errors = _bars_with_whiskers(table.table(), {m.replace("_", " "): m for m in METRICS})
+    frame = table.table()
+    values, errors = _bars_with_whiskers(frame, {m.replace("_", " "): m for m in METRICS})
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     ax = figure.subplots()
     grouped_bars(ax, values, "%", fmt="%.0f", errors=errors, rotation=25)
     ax.set_ylim(0, 115)
-    ax.set_title("Context compression: loyalty to the full prompt (Table 2), 95% intervals")
+    note = interval_note("queries", frame["n"])
+    ax.set_title(f"Context compression: loyalty to the full prompt (Table 2)\n{note}")
     return figure
 
 

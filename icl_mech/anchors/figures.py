@@ -13,6 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 from icl_mech import display, stats
 from icl_mech.errors import IclMechError
+from icl_mech.plotting import interval_note, show_zero_bars
 from icl_mech.show import cards
 
 from .aucroc import AnchorAuc
@@ -42,8 +43,10 @@ def flows_figure(results: Sequence[Flows], normalised: bool = True) -> Figure:
     """Fig. 3: S_wp, S_pq, S_ww per layer, one panel per task; band = 95% bootstrap interval
     of the mean over queries."""
     figure, axes = _panels(len(results))
+    counts = []
     for ax, result in zip(axes, results):
         mean, low, high, n = result.intervals(normalised)
+        counts.append(n)
         for i, name in enumerate(FLOWS):
             ax.plot(result.layers, mean[:, i], label=FLOW_LABELS[name], color=f"C{i}")
             ax.fill_between(
@@ -54,7 +57,8 @@ def flows_figure(results: Sequence[Flows], normalised: bool = True) -> Figure:
         ax.set_xlabel("layer")
         ax.set_ylabel("share of saliency" if normalised else "mean saliency")
     axes[0].legend(fontsize="small")
-    figure.suptitle("Information flow per layer" + (" (renormalised)" if normalised else ""))
+    title = "Information flow per layer" + (" (renormalised)" if normalised else "")
+    figure.suptitle(f"{title}\n{interval_note('queries', counts, per='task', mark='bands')}")
     return figure
 
 
@@ -68,6 +72,7 @@ def loyalty_figure(results: Sequence[Loyalty]) -> Figure:
     axes = figure.subplots(1, 2, sharey=True)
     names = [r.task for r in results] + ["mean"]
     width = 0.8 / len(CONDITIONS)
+    counts = {}
     for ax, metric in zip(axes, ("label", "word")):
         for c, (depth, words) in enumerate(CONDITIONS):
             estimates, values, strata = [], [], []
@@ -77,20 +82,25 @@ def loyalty_figure(results: Sequence[Loyalty]) -> Figure:
                 values += column.tolist()
                 strata += [t] * len(column)
             estimates.append(stats.stratified(values, strata))
+            counts.update({name: e.n for name, e in zip(names, estimates)})
             means = np.array([e.value for e in estimates])
             errors = np.array([[e.value - e.low, e.high - e.value] for e in estimates]).T
             x = np.arange(len(names)) + (c - (len(CONDITIONS) - 1) / 2) * width
             hatch = None if words == "label" else "//"
             color = "C0" if depth == "shallow" else "C3"
             label = f"{words} words, {depth} (k={results[0].k})"
-            ax.bar(x, means, width, yerr=errors, capsize=2, color=color, hatch=hatch, label=label)
+            bars = ax.bar(x, means, width, yerr=errors, capsize=2, color=color, hatch=hatch,
+                          label=label)  # fmt: skip
+            show_zero_bars(ax, bars)
         ax.set_xticks(np.arange(len(names)), names, rotation=20)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{metric} loyalty")
     axes[0].set_ylabel("loyalty to the unmodified run")
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="small")
-    figure.suptitle("Isolating label words vs random words in shallow or deep layers")
+    note = interval_note("queries", [counts[r.task] for r in results], per="task")
+    note += f" ({counts['mean']} in the mean, resampled within tasks)"
+    figure.suptitle(f"Isolating label words vs random words in shallow or deep layers\n{note}")
     return figure
 
 
@@ -98,9 +108,11 @@ def auc_figure(results: Sequence[AnchorAuc]) -> Figure:
     """Fig. 5: AUC-ROC_l of A_l(q, p_i) for the model's prediction (left axis; band: 95%
     bootstrap interval over queries), R_l (right)."""
     figure, axes = _panels(len(results))
+    counts = []
     for ax, result in zip(axes, results):
         ax.plot(result.layers, result.auc().numpy(), color="C0", marker=".", label="AUC-ROC$_l$")
         intervals = result.intervals()
+        counts += [e.n for e in intervals]
         low, high = [e.low for e in intervals], [e.high for e in intervals]
         ax.fill_between(result.layers, low, high, color="C0", alpha=0.2, linewidth=0)
         ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
@@ -116,7 +128,8 @@ def auc_figure(results: Sequence[AnchorAuc]) -> Figure:
             twin.text(0.5, 0.9, "R undefined: Σ(AUC − 0.5) ≤ 0", transform=ax.transAxes,
                       ha="center", fontsize="small", color="C1")  # fmt: skip
         ax.set_title(f"{result.task} (n={len(result.predicted)})")
-    figure.suptitle("Attention of q on the label words predicts the output in deep layers")
+    note = interval_note("queries", counts, per="task", mark="band")
+    figure.suptitle(f"Attention of q on the label words predicts the output in deep layers\n{note}")
     return figure
 
 

@@ -81,8 +81,12 @@ def headline(analysis: TaskAnalysis) -> dict:
     """Where each flow dominates, loyalty per condition, where AUC-ROC_l rises. Every
     accuracy, loyalty and AUC comes with ``*_ci``: its 95% bootstrap interval over queries (a
     query drawn under several seeds is one unit); ``isolation_effect``: shallow minus deep
-    isolation of the label words, a paired interval over the same queries."""
+    isolation of the label words, a paired interval over the same queries; ``S_wp_lead``: per
+    layer, S_wp minus S_pq in the renormalised view (shares of the layer's flow), paired."""
     layers = analysis.flows.layers
+    shares = analysis.flows.normalised().double().numpy()
+    differences = shares[..., 0] - shares[..., 1]
+    lead, low, high, _ = stats.bootstrap_columns(differences, analysis.flows.units())
     dominant = analysis.flows.dominant()
     auc, ratio = analysis.auc.auc(), analysis.auc.ratio()
     resampled = analysis.auc.resampled_auc()
@@ -103,6 +107,9 @@ def headline(analysis: TaskAnalysis) -> dict:
         "S_wp_dominant_layers": _ranges([ly for ly, d in zip(layers, dominant) if d == "S_wp"]),
         "S_pq_dominant_layers": _ranges([ly for ly, d in zip(layers, dominant) if d == "S_pq"]),
         "S_pq_dominant_from": _dominant_from(layers, dominant),
+        "flow_layers": list(layers),
+        "S_wp_lead": [round(float(v), 3) for v in lead],
+        "S_wp_lead_ci": [[round(float(a), 3), round(float(b), 3)] for a, b in zip(low, high)],
         "loyalty": {
             f"{depth}_{words}": {
                 **_rounded("label", analysis.loyalty.estimate(depth, words, "label")),

@@ -20,7 +20,6 @@ from icl_mech.function_vectors.heads import (
     mean_head_outputs,
 )
 from icl_mech.function_vectors.indirect import (
-    check_answer_tokens,
     effect_prompts,
     indirect_effects,
     naive_indirect_effects,
@@ -39,7 +38,6 @@ __all__ = [
     "IndirectEffect",
     "PatchHeads",
     "Settings",
-    "check_answer_tokens",
     "check_heads",
     "effect_prompts",
     "evaluate",

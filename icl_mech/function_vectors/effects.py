@@ -17,8 +17,9 @@ from icl_mech.function_vectors.heads import Head
 
 @dataclass
 class IndirectEffect:
-    """``effects[p, i, h]``: P(correct first token) of shuffled prompt p with head h of layer
-    ``layers[i]`` patched to its mean clean output, minus the same probability unpatched."""
+    """``effects[p, i, h]``: P(correct answer, :mod:`icl_mech.scoring`) of shuffled prompt p
+    with head h of layer ``layers[i]`` patched to its mean clean output, minus the same
+    probability unpatched."""
 
     task: str
     layers: tuple[int, ...]

@@ -6,7 +6,8 @@ pairs kept together). From train: ``n_prompts`` clean ICL prompts and their shuf
 twins give the indirect effect of every head and the function vector (top ``k`` heads). Every
 dev and test query gets its own demonstrations and dummy queries (θ per query, as in the
 task-vector protocol); its shuffled-label prompt shows the same demonstrations with deranged
-answers. Conditions, scored by the first answer token on test:
+answers. Conditions, scored on test by the answer's first content token, reached greedily
+(:mod:`icl_mech.scoring`):
 
 - ``baseline``: the zero-shot prompt ``x ->``; ``icl``: the demonstrations, then ``x ->``;
 - ``icl_shuffled``: the demonstrations with shuffled answers, then ``x ->``;
@@ -27,15 +28,14 @@ from collections.abc import Sequence
 import einops
 import pandas as pd
 import torch
-from jaxtyping import Int
 from torch import Tensor
 from tqdm import tqdm
 
+from icl_mech import scoring
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
-from icl_mech.evaluation import predict
+from icl_mech.evaluation import scored_hits
 from icl_mech.function_vectors.indirect import (
-    check_answer_tokens,
     effect_prompts,
     indirect_effects,
     require_hooked,
@@ -54,7 +54,8 @@ from icl_mech.prompts import Demonstration, Task
 from icl_mech.task_vectors import plan
 from icl_mech.task_vectors.evaluate import prepare, splits
 from icl_mech.task_vectors.extract import mean_difference
-from icl_mech.task_vectors.sweep import LayerSweep, sweep_logits
+from icl_mech.task_vectors.scored import sweep_hits
+from icl_mech.task_vectors.sweep import LayerSweep
 from icl_mech.tasks import resolve
 
 DEFAULT_SETTINGS = Settings()
@@ -110,7 +111,7 @@ def evaluate_task(
     model, task: Task, settings: Settings = DEFAULT_SETTINGS, progress: bool = False
 ) -> FunctionVectorResult:
     require_hooked(model)
-    check_answer_tokens(model, task)
+    scoring.check_answers(model, task)
     check_prompt_pool(task, settings)
     check_k(model, settings)
     train, dev, test = splits(task, settings)
@@ -167,7 +168,7 @@ def evaluate_task(
 def layer_curve(
     model,
     tokenised: Tokenised,
-    gold: Int[Tensor, " query"],
+    gold: list[scoring.Gold],
     vectors: Tensor,
     mode: str,
     settings: Settings,
@@ -175,27 +176,27 @@ def layer_curve(
     condition: str,
     split: str = "dev",
 ) -> LayerSweep:
-    """First-token accuracy with the vectors (``[layer, d_model]`` or ``[query, layer,
-    d_model]``) patched in at every layer: the task vectors' cached sweep, one per batch."""
+    """Accuracy (:mod:`icl_mech.scoring`) with the vectors (``[layer, d_model]`` or ``[query,
+    layer, d_model]``) patched in at every layer: the task vectors' cached sweep, per batch."""
     correct = torch.zeros(model.cfg.n_layers)
     for index, batch in tokenised:
         rows = vectors if vectors.ndim == 2 else vectors[index]
-        logits = sweep_logits(
-            model, batch, rows, mode, strength=settings.strength, groups=settings.groups
-        )
-        correct += (logits.argmax(-1) == gold[index]).float().sum(1)
+        hits = sweep_hits(model, batch, [gold[i] for i in index], rows, mode,
+                          strength=settings.strength, groups=settings.groups)  # fmt: skip
+        correct += hits.float().sum(1)
     n = sum(len(index) for index, _ in tokenised)
     layers = list(range(model.cfg.n_layers))
     return LayerSweep(task, condition, split, layers, model.cfg.n_layers, (correct / n).tolist(), n)
 
 
 def _patched_hits(model, tokenised, gold, vectors, mode, layer, settings) -> list[bool]:
-    """Per query (in query order): the first token is right with the vector at ``layer``."""
+    """Per query (in query order): the answer is right with the vector at ``layer``."""
     hits = [False] * len(gold)
     for index, batch in tokenised:
         rows = vectors[[layer]] if vectors.ndim == 2 else vectors[index][:, [layer]]
-        logits = sweep_logits(model, batch, rows, mode, layers=[layer], strength=settings.strength)
-        for i, hit in zip(index, (logits[0].argmax(-1) == gold[index]).tolist()):
+        right = sweep_hits(model, batch, [gold[i] for i in index], rows, mode, layers=[layer],
+                           strength=settings.strength)  # fmt: skip
+        for i, hit in zip(index, right[0].tolist()):
             hits[i] = bool(hit)
     return hits
 
@@ -203,8 +204,8 @@ def _patched_hits(model, tokenised, gold, vectors, mode, layer, settings) -> lis
 def _hits(model, tokenised, gold) -> list[bool]:
     hits = [False] * len(gold)
     for index, batch in tokenised:
-        for i, hit in zip(index, (predict(model, batch) == gold[index]).tolist()):
-            hits[i] = bool(hit)
+        for i, hit in zip(index, scored_hits(model, batch, [gold[i] for i in index])):
+            hits[i] = hit
     return hits
 
 
@@ -216,7 +217,7 @@ def evaluate(
     require_hooked(model)
     tasks = [resolve(t) for t in tasks]
     for task in tasks:
-        check_answer_tokens(model, task)
+        scoring.check_answers(model, task)
         plan.check_fits(task, plan.sizes_of(settings), settings.seed, "function-vectors")
         check_prompt_pool(task, settings)
     check_k(model, settings)

@@ -3,6 +3,7 @@ vector's dev accuracy per layer."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,36 +25,63 @@ LABELS = {
 
 
 def indirect_effect_map(
-    effects: IndirectEffect | Sequence[IndirectEffect], k: int = 10, mean: bool = True
+    effects: IndirectEffect | Sequence[IndirectEffect],
+    k: int = 10,
+    mean: bool = True,
+    columns: int = 4,
 ) -> Figure:
     """Indirect effect of every head (rows: layers, columns: heads), one panel per task and
-    (``mean``, with several tasks) one for the average over tasks; circles mark the top ``k``."""
+    (``mean``, with several tasks) one for the average over tasks, ``columns`` panels a row;
+    circles mark the top ``k`` heads of each panel, drawn at (head, layer) on their cells."""
     effects = [effects] if isinstance(effects, IndirectEffect) else list(effects)
     panels = [(e.task, e.mean.numpy(), e.layers) for e in effects]
     if mean and len(effects) > 1:
         average = np.mean([e.mean.numpy() for e in effects], axis=0)
         panels.append(("mean over tasks", average, effects[0].layers))
     limit = max(float(np.abs(values).max()) for _, values, _ in panels) or 1.0
-    n_heads = panels[0][1].shape[1]
+    n_heads, n_layers = panels[0][1].shape[1], len(panels[0][2])
+    columns = max(1, min(columns, len(panels)))
+    rows = math.ceil(len(panels) / columns)
     width = min(2.6, 0.5 + 0.22 * n_heads)
-    fig, axes = figure(width * len(panels) + 1.2, 0.6 + 0.16 * len(panels[0][2]), 1, len(panels),
+    fig, axes = figure(width * columns + 1.0, rows * (0.9 + 0.12 * n_layers), rows, columns,
                        squeeze=False, sharey=True)  # fmt: skip
     image = None
-    for ax, (title, values, layers) in zip(axes[0], panels):
-        image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto",
-                          origin="lower", extent=(-0.5, n_heads - 0.5, layers[0] - 0.5,
-                                                  layers[-1] + 0.5))  # fmt: skip
-        flat = np.argsort(-values.flatten(), kind="stable")[:k]
-        ax.scatter(flat % n_heads, np.asarray(layers)[flat // n_heads], s=22, facecolors="none",
-                   edgecolors="black", linewidths=0.8)  # fmt: skip
+    for ax, (title, values, layers) in zip(axes.flat, panels):
+        image = ax.pcolormesh(np.arange(n_heads + 1) - 0.5, _edges(layers), values,
+                              cmap="RdBu_r", vmin=-limit, vmax=limit)  # fmt: skip
+        heads, marked = top_cells(values, layers, k)
+        ax.scatter(heads, marked, s=22, facecolors="none", edgecolors="black", linewidths=0.8)
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("head")
         ax.set_xticks(range(n_heads))
         ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("layer")
-    fig.colorbar(image, ax=axes[0].tolist(), label="indirect effect (Δ P(answer))", shrink=0.8)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("head")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("layer")
+    shown = list(axes.flat[: len(panels)])
+    fig.colorbar(image, ax=shown, label="indirect effect (Δ P(answer))", shrink=0.6)
     fig.suptitle(f"Indirect effect per head (circles: top {k})")
     return fig
+
+
+def top_cells(values: np.ndarray, layers: Sequence[int], k: int) -> tuple[list, list]:
+    """(heads, layers) of the ``k`` largest cells of ``values`` [layer, head], largest first
+    (ties: lower layer, then lower head, as ``IndirectEffect.top``)."""
+    flat = np.argsort(-np.asarray(values).flatten(), kind="stable")[:k]
+    n_heads = values.shape[1]
+    return [int(i % n_heads) for i in flat], [int(layers[i // n_heads]) for i in flat]
+
+
+def _edges(layers: Sequence[int]) -> np.ndarray:
+    """Cell edges around each layer: halfway to its neighbours (layers need not be adjacent)."""
+    centres = np.asarray(layers, dtype=float)
+    if len(centres) == 1:
+        return centres[0] + np.array([-0.5, 0.5])
+    middles = (centres[1:] + centres[:-1]) / 2
+    first, last = centres[0] - (middles[0] - centres[0]), centres[-1] + (centres[-1] - middles[-1])
+    return np.concatenate([[first], middles, [last]])
 
 
 def accuracy_bars(results: FunctionVectorResults) -> Figure:

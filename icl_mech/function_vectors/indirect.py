@@ -4,8 +4,11 @@
 2. Shuffled-label prompts: the same demonstrations with their answers permuted among them (no
    demonstration keeps its own answer), so the prompt no longer shows the task's mapping.
 3. For each head (l, h): patch its mean output into the shuffled prompts at the last token and
-   measure the increase of P(first token of the correct answer). That increase, averaged over
-   the shuffled prompts, is the head's indirect effect.
+   measure the increase of P(correct answer). That increase, averaged over the shuffled prompts,
+   is the head's indirect effect. The correct answer is scored as everywhere
+   (:mod:`icl_mech.scoring`): P(first content token), times P(the whitespace-only tokens
+   before it) where the answer starts with such tokens; those rows run once more on their own
+   with those tokens appended (teacher forcing; the patch stays on the prompt's last token).
 
 Batched: patching the last token cannot change the keys and values of the earlier tokens, so
 each batch's prefix runs once into a key/value cache; one last-token pass reads the unpatched
@@ -30,17 +33,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm import tqdm
 
-from icl_mech import validate
+from icl_mech import scoring, validate
 from icl_mech.backends import is_bridge, unsupported
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
-from icl_mech.evaluation import answer_token_ids
 from icl_mech.function_vectors.effects import IndirectEffect
 from icl_mech.function_vectors.heads import PatchHeads, mean_head_outputs
-from icl_mech.hooks import attach, points, run
+from icl_mech.hooks import attach, points
 from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.interventions import Capture
-from icl_mech.prompt_batch import PromptBatch, class_token_ids
+from icl_mech.prompt_batch import PromptBatch
 from icl_mech.prompts import Demonstration, Task
 from icl_mech.task_vectors.extract import sample_sets
 from icl_mech.task_vectors.sweep import prefix_cache, repeat_cache
@@ -76,27 +78,6 @@ def effect_prompts(
     return clean, shuffled
 
 
-def check_answer_tokens(model, task: Task) -> None:
-    """Answers are scored by their first token: label words sharing one, or an input→output task
-    whose answers all start with the same token, would make every score meaningless."""
-    if task.is_classification:
-        class_token_ids(model.tokenizer, task)  # raises, naming the two label words
-        return
-    answers = sorted({e.y for e in task.examples})
-    first = {
-        model.tokenizer.encode(task.answer_prefix + a, add_special_tokens=False)[0] for a in answers
-    }
-    if len(answers) > 1 and len(first) == 1:
-        token = model.tokenizer.decode(list(first))
-        raise IclMechError(
-            f"task {task.name!r}: all {len(answers)} distinct answers (e.g. {answers[:2]}) start "
-            f"with the same token {token!r} on {model.cfg.model_name}; the indirect effect and "
-            "first-token accuracy score an answer by its first token, so they could not tell the "
-            "answers apart. Move the shared start into the template (e.g. template='{x} ->"
-            f"{token.rstrip()}') so the answers begin with different tokens"
-        )
-
-
 def require_hooked(model) -> None:
     """Function vectors resume the forward at a layer for the last token alone; refuse a
     TransformerBridge before any work rather than fail inside it."""
@@ -121,7 +102,7 @@ def _check_prompts(model, clean, shuffled) -> Task:
         raise IclMechError("indirect effect: the clean and shuffled prompts must share one task")
     if any(p.answer is None for p in shuffled):
         raise IclMechError("indirect effect: every shuffled prompt's query needs its answer")
-    check_answer_tokens(model, task)
+    scoring.check_answers(model, task)
     return task
 
 
@@ -139,56 +120,91 @@ def indirect_effects(
     layers = validate.layers(model, layers, "indirect_effects layers")
     validate.count(batch_size, "indirect_effects batch_size")
     means = mean_head_outputs(model, clean, layers, batch_size=batch_size)
-    gold = answer_token_ids(model, shuffled)
+    gold = scoring.golds(model, shuffled)
     effects = torch.empty(len(shuffled), len(layers), model.cfg.n_heads)
     base = torch.empty(len(shuffled))
     forwards = math.ceil(len(clean) / batch_size)
     label = progress if isinstance(progress, str) else f"indirect effect {task.name}"
     groups = list(batched(model, shuffled, batch_size))
     for index, batch in tqdm(groups, desc=label, disable=not progress, leave=False):
-        unpatched, patched = _batch_probabilities(model, batch, gold[index], means, layers)
+        unpatched, patched, passes = _scored_probabilities(
+            model, batch, [gold[i] for i in index], means, layers
+        )
         base[index] = unpatched
         effects[index] = einops.rearrange(
             patched - unpatched, "layer head batch -> batch layer head"
         )
-        forwards += len(layers) + 1 + (batch.seq_len > 1)
+        forwards += passes * (len(layers) + 1 + (batch.seq_len > 1))
     return IndirectEffect(task.name, tuple(layers), means, effects, base, len(clean), forwards)
 
 
+def _scored_probabilities(model, batch: PromptBatch, gold, means, layers) -> tuple:
+    """(unpatched, patched, cached passes): the batch as one, or, for its rows whose answers
+    start with whitespace-only tokens, once more on their own with those tokens appended."""
+    bare, passes = scoring.bare_rows(gold), 0
+    unpatched, patched = (
+        torch.empty(len(batch)),
+        torch.empty(len(layers), model.cfg.n_heads, len(batch)),
+    )
+    if len(bare) < len(gold):
+        first = [scoring.Gold(g.answer, (), g.content) for g in gold]  # bare rows: replaced
+        unpatched, patched = _batch_probabilities(model, batch, first, means, layers)
+        passes += 1
+    if bare:
+        chosen = [gold[i] for i in bare]
+        forced = scoring.forced_tokens(chosen)
+        sub = scoring.subset(batch, bare)
+        unpatched[bare], patched[:, :, bare] = _batch_probabilities(
+            model, sub, chosen, means, layers, forced
+        )
+        passes += 1
+    return unpatched, patched, passes
+
+
 def _batch_probabilities(
-    model, batch: PromptBatch, gold: Int[Tensor, " batch"], means: Tensor, layers: list[int]
+    model,
+    batch: PromptBatch,
+    gold: Sequence[scoring.Gold],
+    means: Tensor,
+    layers: list[int],
+    forced: Int[Tensor, "batch extra"] | None = None,
 ) -> tuple[Float[Tensor, " batch"], Float[Tensor, "layer head batch"]]:
     n_heads, size = model.cfg.n_heads, len(batch)
     names = points(model, "hook_resid_pre", layers)
+    last = batch.tokens[:, -1:]
+    if forced is not None:
+        last = torch.cat([last, forced.to(last)], dim=1)
+    steps = last.shape[1]
     with torch.no_grad():
         cache = prefix_cache(model, batch)
         cache.freeze()
-        capture = Capture(names, positions="last")
-        last = batch.tokens[:, -1:]
+        capture = Capture(names, positions="all")
         with attach(model, capture):
             logits = model(last, attention_mask=torch.ones_like(last), past_kv_cache=cache)
-        unpatched = _probability(logits[:, -1], gold)
+        unpatched = scoring.logit_probability(logits, gold)
         repeated = repeat_cache(cache, n_heads)  # [(head batch), ...]
         repeated.freeze()
-        ones = torch.ones(n_heads * size, 1, dtype=repeated.previous_attention_mask.dtype)
+        ones = torch.ones(n_heads * size, steps, dtype=repeated.previous_attention_mask.dtype)
         mask = torch.cat([repeated.previous_attention_mask, ones], dim=1)
         copy_of_row = einops.repeat(torch.arange(n_heads), "head -> (head batch)", batch=size)
+        at_prompt = torch.zeros(n_heads * size, steps, dtype=torch.bool)  # its last token only
         patched = torch.empty(len(layers), n_heads, size)
         for i, layer in enumerate(layers):
-            items = [
-                PatchHeads([(layer, h)], means[i, h][None], positions=(copy_of_row == h)[:, None])
-                for h in range(n_heads)
-            ]
+            items = []
+            for h in range(n_heads):
+                positions = at_prompt.clone()
+                positions[:, 0] = copy_of_row == h
+                items.append(PatchHeads([(layer, h)], means[i, h][None], positions=positions))
             residual = einops.repeat(
                 capture.activations[names[i]],
-                "batch d_model -> (head batch) 1 d_model",
+                "batch step d_model -> (head batch) step d_model",
                 head=n_heads,
             )
             with attach(model, *items):
                 logits = model(
                     residual, start_at_layer=layer, attention_mask=mask, past_kv_cache=repeated
                 )
-            probability = _probability(logits[:, -1], gold.repeat(n_heads))
+            probability = scoring.logit_probability(logits, list(gold) * n_heads)
             patched[i] = einops.rearrange(probability, "(head batch) -> head batch", head=n_heads)
     return unpatched, patched
 
@@ -204,22 +220,32 @@ def naive_indirect_effects(
     task = _check_prompts(model, clean, shuffled)
     layers = validate.layers(model, layers, "naive_indirect_effects layers")
     means = mean_head_outputs(model, clean, layers, batch_size=batch_size)
-    gold = answer_token_ids(model, shuffled)
+    gold = scoring.golds(model, shuffled)
     effects = torch.empty(len(shuffled), len(layers), model.cfg.n_heads)
     base = torch.empty(len(shuffled))
     forwards = math.ceil(len(clean) / batch_size)
     with torch.no_grad():
         for index, batch in batched(model, shuffled, batch_size):
-            base[index] = _probability(run(model, batch)[:, -1], gold[index])
+            rows = [gold[i] for i in index]
+            base[index] = _naive_probability(model, batch, rows)
             for i, layer in enumerate(layers):
                 for h in range(model.cfg.n_heads):
-                    patch = PatchHeads([(layer, h)], means[i, h][None])
-                    probability = _probability(run(model, batch, patch)[:, -1], gold[index])
+                    probability = _naive_probability(model, batch, rows, (layer, h), means[i, h])
                     effects[index, i, h] = probability - base[index]
             forwards += 1 + len(layers) * model.cfg.n_heads
     return IndirectEffect(task.name, tuple(layers), means, effects, base, len(clean), forwards)
 
 
-def _probability(logits: Float[Tensor, "batch vocab"], gold: Int[Tensor, " batch"]) -> Tensor:
-    probabilities = logits.float().softmax(-1)
-    return probabilities[torch.arange(len(gold)), gold.to(logits.device)].cpu()
+def _naive_probability(model, batch, gold, head=None, mean=None) -> Float[Tensor, " batch"]:
+    """P(correct answer) from one full forward, ``head`` patched to ``mean`` at the prompt's
+    last token; the whitespace-only answer tokens, if any, appended (teacher forcing)."""
+    tokens, mask, n = batch.tokens, batch.attention_mask, batch.seq_len
+    if scoring.steps(gold) > 1:
+        forced = scoring.forced_tokens(gold).to(tokens)
+        tokens, mask = torch.cat([tokens, forced], 1), torch.cat([mask, torch.ones_like(forced)], 1)
+    at = torch.zeros(tokens.shape, dtype=torch.bool)
+    at[:, n - 1] = True
+    items = [] if head is None else [PatchHeads([head], mean[None], positions=at)]
+    with attach(model, *items):
+        logits = model(tokens, attention_mask=mask)
+    return scoring.logit_probability(logits[:, n - 1 :], gold)

@@ -1,13 +1,17 @@
 """Offline evaluation of ICV steering on a bundled pair set: none vs ICL vs ICV(λ).
 
 The pairs are shuffled with ``seed``; the first ``n_demonstrations`` are the demonstrations,
-the next ``n_test`` sources are the test inputs. Each source is put in a paraphrase request
-and completed greedily in three ways:
+the next ``n_test`` sources are the test inputs and the ``n_dev`` after them the dev inputs
+(three disjoint slices of one shuffle, so adding a dev split leaves the test draw as it was).
+Each test source is put in a paraphrase request and completed greedily in three ways:
 
 - ``none``: the request alone;
 - ``icl``: the same demonstrations given before it as solved paraphrase requests;
 - ``icv``: the request alone, steered by the ICV of the same demonstrations, for each λ
   (every λ and the no-steering rows run as one batch, with a per-row strength).
+
+The dev sources run without steering and at every λ (no ICL); the λ that the verdict checks on
+the test split is chosen there (``results.choose_strength``), never on the test sources.
 
 With ``chat=True`` (the default when the tokenizer has a chat template, as the embedded
 instruct model does) requests are user turns and ICL demonstrations are earlier
@@ -37,7 +41,7 @@ from icl_mech.errors import IclMechError
 from icl_mech.icv import text_metrics
 from icl_mech.icv.extract import extract_icv
 from icl_mech.icv.generation import generate
-from icl_mech.icv.results import StyleEvaluation, StyleResults
+from icl_mech.icv.results import StyleEvaluation, StyleResults, choose_strength
 from icl_mech.icv.settings import STYLE_METRICS, Settings
 from icl_mech.icv.steering import ICVSteering
 from icl_mech.tasks import load_pairs
@@ -95,21 +99,24 @@ def paraphrase_prompt(
 
 
 def split_pairs(
-    pairs: Sequence[tuple[str, str]], n_demonstrations: int, n_test: int, seed: int
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    if n_demonstrations < 1 or n_test < 1:
+    pairs: Sequence[tuple[str, str]], n_demonstrations: int, n_test: int, seed: int, n_dev: int = 0
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """(demonstrations, dev, test): disjoint slices of one seeded shuffle, in the order
+    demonstrations, test, dev (the test draw does not depend on ``n_dev``)."""
+    if n_demonstrations < 1 or n_test < 1 or n_dev < 0:
         raise IclMechError(
-            f"need at least one demonstration and one test pair, got {n_demonstrations} "
-            f"and {n_test}"
+            f"need at least one demonstration and one test pair and n_dev >= 0, got "
+            f"{n_demonstrations}, {n_test} and {n_dev}"
         )
-    if n_demonstrations + n_test > len(pairs):
+    if n_demonstrations + n_test + n_dev > len(pairs):
         raise IclMechError(
-            f"{n_demonstrations} demonstrations + {n_test} test pairs asked, "
+            f"{n_demonstrations} demonstrations + {n_test} test + {n_dev} dev pairs asked, "
             f"only {len(pairs)} pairs available"
         )
     order = list(pairs)
     random.Random(seed).shuffle(order)
-    return order[:n_demonstrations], order[n_demonstrations : n_demonstrations + n_test]
+    end = n_demonstrations + n_test
+    return order[:n_demonstrations], order[end : end + n_dev], order[n_demonstrations:end]
 
 
 def evaluate_pairs(
@@ -119,6 +126,7 @@ def evaluate_pairs(
     *,
     n_demonstrations: int = 16,
     n_test: int = 16,
+    n_dev: int = 0,
     chat: bool | None = None,
     template: str | None = None,
     max_new_tokens: int = 24,
@@ -126,10 +134,12 @@ def evaluate_pairs(
     seed: int = 0,
     progress: bool = True,
 ) -> StyleEvaluation:
-    """No steering vs ICL prompting vs ICV over a λ sweep on a bundled pair set."""
+    """No steering vs ICL prompting vs ICV over a λ sweep on a bundled pair set; with
+    ``n_dev`` dev sources, the λ chosen on them (``StyleEvaluation.dev``, ``.chosen_strength``).
+    """
     if not strengths:
         raise IclMechError("evaluate_pairs: no strengths to sweep")
-    demos, test = split_pairs(load_pairs(pair_set), n_demonstrations, n_test, seed)
+    demos, dev, test = split_pairs(load_pairs(pair_set), n_demonstrations, n_test, seed, n_dev)
     icv = replace(extract_icv(model, demos), seed=seed)  # the seed drew the demonstrations
     chat = uses_chat(model, chat)
     generation = dict(
@@ -143,12 +153,20 @@ def evaluate_pairs(
         strengths=list(strengths),
         n_demonstrations=n_demonstrations,
         n_test=n_test,
+        n_dev=n_dev,
         chat=chat,
         template=template,
         max_new_tokens=max_new_tokens,
         seed=seed,
     )
-    return StyleEvaluation(pair_set, STYLE_METRICS[pair_set], demos, rows, icv, settings)
+    evaluation = StyleEvaluation(pair_set, STYLE_METRICS[pair_set], demos, rows, icv, settings)
+    if dev:  # a separate batch: the test rows are generated exactly as without a dev split
+        sources = [x for x, _ in dev]
+        records = _steered_records(model, icv, sources, strengths, chat, template, generation)
+        dev_rows = _score(model, pair_set, records, dict(dev), batch_size)
+        evaluation.dev = StyleEvaluation(pair_set, STYLE_METRICS[pair_set], demos, dev_rows)
+        evaluation.chosen_strength = choose_strength(evaluation.dev.to_frame())
+    return evaluation
 
 
 def _steered_records(model, icv, sources, strengths, chat, template, generation) -> list[tuple]:
@@ -200,6 +218,7 @@ def evaluate(
             settings.strengths,
             n_demonstrations=settings.n_demonstrations,
             n_test=settings.n_test,
+            n_dev=settings.n_dev,
             max_new_tokens=settings.max_new_tokens,
             seed=settings.seed,
             progress=progress,

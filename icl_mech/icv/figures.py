@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from icl_mech import display
 from icl_mech.icv.results import StyleEvaluation
 from icl_mech.icv.vector import ICV
+from icl_mech.plotting import interval_note
 from icl_mech.show import cards
 
 PANELS = (
@@ -27,8 +28,10 @@ def sweep_figure(evaluations: Mapping[str, StyleEvaluation]) -> Figure:
     (style and BLEU; perplexity has none)."""
     fig = Figure(figsize=(4.2 * len(PANELS), 3.2 * len(evaluations)))
     axes = fig.subplots(len(evaluations), len(PANELS), squeeze=False)
+    counts = []
     for row, (name, evaluation) in enumerate(evaluations.items()):
         summary = evaluation.to_frame()
+        counts += summary["n"].dropna().tolist() if "n" in summary else []
         steered = summary[summary.condition.isin(["none", "icv"])].sort_values("strength")
         for col, (metric, label) in enumerate(PANELS):
             ax = axes[row, col]
@@ -54,7 +57,13 @@ def sweep_figure(evaluations: Mapping[str, StyleEvaluation]) -> Figure:
             if metric == "perplexity":
                 ax.set_yscale("log")
         axes[row, 0].legend(fontsize=8)
-    fig.tight_layout()
+    if counts:
+        mark = "whiskers (ICV) and bands (baselines)"
+        note = interval_note("sentences", counts, per="pair set", mark=mark)
+        fig.suptitle(f"{note}; style and BLEU (perplexity has none)", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    else:
+        fig.tight_layout()
     return fig
 
 

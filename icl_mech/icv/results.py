@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from icl_mech import stats
+from icl_mech.errors import IclMechError
 from icl_mech.icv import text_metrics
-from icl_mech.icv.settings import Settings
+from icl_mech.icv.settings import BLEU_FLOOR, Settings
 from icl_mech.icv.vector import ICV
 
 
@@ -26,6 +27,8 @@ class StyleEvaluation:
     rows: pd.DataFrame  # one row per (condition, strength, source)
     icv: ICV | None = None
     settings: dict = field(default_factory=dict)
+    dev: StyleEvaluation | None = None  # the dev sources' scored completions (no ICL rows)
+    chosen_strength: float | None = None  # the λ chosen on ``dev`` (``choose_strength``)
 
     def to_frame(self) -> pd.DataFrame:
         """Per condition and λ: style, BLEU (to the source and to the target), perplexity with
@@ -71,6 +74,30 @@ class StyleEvaluation:
         out["icl"] = table[("icl", 0.0)].values
         out[f"icv λ={strength:g}"] = table[("icv", strength)].values
         return out
+
+
+def choose_strength(dev_summary: pd.DataFrame, floor: float = BLEU_FLOOR) -> float:
+    """The λ to confirm on the test split, chosen on the dev split's summary (``to_frame()``):
+    the λ whose weaker criterion is best supported, the larger of min(style gain, BLEU to the
+    source minus ``floor``) with each margin in units of its interval's half-width (ties: the
+    smaller λ)."""
+    icv = dev_summary[dev_summary.condition == "icv"]
+    if not len(icv):
+        raise IclMechError("choose_strength: no ICV rows in the dev summary")
+
+    def margin(value, low, high) -> float:
+        score = value / max((high - low) / 2, 1e-9)
+        return -math.inf if math.isnan(score) else score
+
+    scores = [
+        min(
+            margin(r.style_gain, r.style_gain_low, r.style_gain_high),
+            margin(r.bleu_source - floor, r.bleu_source_low, r.bleu_source_high),
+        )
+        for r in icv.itertuples()
+    ]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -icv.strength.iloc[i]))
+    return float(icv.strength.iloc[best])
 
 
 def corpus_bleu_interval(

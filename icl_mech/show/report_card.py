@@ -11,7 +11,12 @@ from icl_mech import display
 from icl_mech.report import ABOUT, Report, cell, flatten
 from icl_mech.show.cards import card, escape, figure, interval, note, page, table
 
-ANSWER_COLOURS = {"yes": "#1a7f37", "weak": "#9a6700", "no": "#cf222e"}
+ANSWER_COLOURS = {
+    "yes": "#1a7f37",
+    "weak": "#9a6700",
+    "no": "#cf222e",
+    "not enough evidence": "#57606a",
+}
 _CELL = "padding:4px 10px;border-bottom:1px solid #eaeef2;vertical-align:top"
 
 
@@ -39,9 +44,12 @@ def report_html(report_card) -> str:
         f"icl_mech report card: {rc.model}",
         verdict_table(rc.verdicts),
         note(
-            "yes: the 95% interval of the effect excludes zero in the claimed direction; weak: "
-            "it does, but the effect is too small to call the method working; no: otherwise. "
-            "Intervals: bootstrap over queries (stratified by task where tasks are pooled)."
+            "Verdicts read 95% intervals, never points. yes: the interval lies in the region "
+            "where the method works; weak: the effect is shown, but not at the size that "
+            "counts; no: the interval excludes the yes region and reaches the no region; not "
+            "enough evidence: it spans both (a small sample). Regions per verdict: "
+            "icl_mech.verdicts. Intervals: bootstrap over queries (stratified by task where "
+            "tasks are pooled)."
         ),
         items={"checked in": f"{rc.seconds:.0f} s", "settings": _settings_line(rc.settings)},
     )

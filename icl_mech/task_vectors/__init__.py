@@ -16,8 +16,14 @@ from icl_mech.task_vectors.extract import (
 from icl_mech.task_vectors.generate import Generation, greedy
 from icl_mech.task_vectors.patching import AddToResidual, ReplaceResidual
 from icl_mech.task_vectors.results import TaskResult, TaskVectorResults
+from icl_mech.task_vectors.scored import sweep_hits
 from icl_mech.task_vectors.settings import Settings
-from icl_mech.task_vectors.sweep import LayerSweep, naive_sweep_logits, sweep_logits
+from icl_mech.task_vectors.sweep import (
+    LayerSweep,
+    forced_sweep_logits,
+    naive_sweep_logits,
+    sweep_logits,
+)
 from icl_mech.task_vectors.vector import TaskVector
 
 __all__ = [
@@ -35,9 +41,11 @@ __all__ = [
     "TaskVector",
     "draw_dummies",
     "extract",
+    "forced_sweep_logits",
     "greedy",
     "mean_difference",
     "naive_sweep_logits",
     "sample_sets",
+    "sweep_hits",
     "sweep_logits",
 ]

@@ -1,6 +1,7 @@
 """Conflicting tasks (Hendel et al. §5): demonstrations of task A, task vector of task B.
 
-For queries x that both tasks answer differently (their answers start with different tokens),
+For queries x that both tasks answer differently (their answers' scored tokens differ,
+:mod:`icl_mech.scoring`),
 the prompt is 5 demonstrations of A followed by ``x ->``; the last token's residual is then
 replaced by θ_B(S) (S: demonstrations of B) at B's chosen layer, or the mean difference of B is
 added at its chosen layer. The answer follows A (the demonstrations) or B (the vector).
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from icl_mech import stats
+from icl_mech import scoring, stats
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import run
@@ -23,6 +24,7 @@ from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.prompts import Demonstration, Task
 from icl_mech.task_vectors.evaluate import DEFAULT_SETTINGS
 from icl_mech.task_vectors.extract import draw_dummies, extract, mean_difference
+from icl_mech.task_vectors.generate import greedy
 from icl_mech.task_vectors.settings import Settings
 from icl_mech.task_vectors.vector import TaskVector
 
@@ -36,7 +38,7 @@ class ConflictResult:
     layer_add: int
     follows_a: dict[str, float]  # per condition: share answering as task A
     follows_b: dict[str, float]  # ... as task B
-    # per condition and query: the first token is task A's / task B's answer
+    # per condition and query: the answer is task A's / task B's (by icl_mech.scoring)
     hits_a: dict[str, list[bool]] = field(default_factory=dict, repr=False)
     hits_b: dict[str, list[bool]] = field(default_factory=dict, repr=False)
 
@@ -73,7 +75,7 @@ def shared_queries(model, task_a: Task, task_b: Task) -> list[tuple[str, str, st
         if example.x not in answers_b:
             continue
         y_b = answers_b[example.x]
-        if _first_token(model, task_a, example.y) != _first_token(model, task_b, y_b):
+        if _scored(model, task_a, example.y) != _scored(model, task_b, y_b):
             shared.append((example.x, example.y, y_b))
     return shared
 
@@ -114,8 +116,8 @@ def conflicting_tasks(
         ICLPrompt.build(task_a, demos, Demonstration(x, y_a))
         for demos, (x, y_a, _) in zip(sets_a, chosen)
     ]
-    gold_a = torch.tensor([_first_token(model, task_a, y_a) for _, y_a, _ in chosen])
-    gold_b = torch.tensor([_first_token(model, task_b, y_b) for _, _, y_b in chosen])
+    gold_a = [scoring.gold(model.tokenizer, task_a, y_a) for _, y_a, _ in chosen]
+    gold_b = [scoring.gold(model.tokenizer, task_b, y_b) for _, _, y_b in chosen]
     conditions = {
         "demonstrations only": lambda rows: (),
         "TV replace (B)": lambda rows: (theta_b.select(rows).intervention(layer=layer_replace),),
@@ -125,24 +127,33 @@ def conflicting_tasks(
     }
     follows_a, follows_b, hits_a, hits_b = {}, {}, {}, {}
     for name, items in conditions.items():
-        predicted = _predict(model, prompts, items, settings.batch_size)
-        follows_a[name] = float((predicted == gold_a).float().mean())
-        follows_b[name] = float((predicted == gold_b).float().mean())
-        hits_a[name], hits_b[name] = (predicted == gold_a).tolist(), (predicted == gold_b).tolist()
+        hits_a[name], hits_b[name] = _hits(model, prompts, items, settings.batch_size, gold_a,
+                                           gold_b)  # fmt: skip
+        follows_a[name] = float(torch.tensor(hits_a[name], dtype=torch.float).mean())
+        follows_b[name] = float(torch.tensor(hits_b[name], dtype=torch.float).mean())
     return ConflictResult(
         task_a.name, task_b.name, len(chosen), layer_replace, layer_add, follows_a, follows_b,
         hits_a, hits_b,
     )  # fmt: skip
 
 
-def _predict(model, prompts, items, batch_size: int) -> torch.Tensor:
-    predicted = []
+def _hits(model, prompts, items, batch_size: int, gold_a, gold_b) -> tuple[list, list]:
+    """Per query: the answer is task A's / task B's (``icl_mech.scoring``): the patched prompt's
+    argmax, continued greedily in batches where an answer needs more than one step."""
+    hits_a, hits_b = [], []
     for index, batch in batched(model, prompts, batch_size):
         rows = slice(index[0], index[-1] + 1)
-        with torch.no_grad():
-            predicted.append(run(model, batch, *items(rows))[:, -1].argmax(-1))
-    return torch.cat(predicted)
+        a, b = gold_a[rows], gold_b[rows]
+        steps = scoring.steps(a + b)
+        if steps > 1:
+            tokens = greedy(model, batch, *items(rows), max_new_tokens=steps).tokens.cpu()
+        else:
+            with torch.no_grad():
+                tokens = run(model, batch, *items(rows))[:, -1:].argmax(-1).cpu()
+        hits_a += scoring.token_hits(tokens, a)
+        hits_b += scoring.token_hits(tokens, b)
+    return hits_a, hits_b
 
 
-def _first_token(model, task: Task, answer: str) -> int:
-    return model.tokenizer.encode(task.answer_prefix + answer, add_special_tokens=False)[0]
+def _scored(model, task: Task, answer: str) -> tuple[int, ...]:
+    return scoring.gold(model.tokenizer, task, answer).tokens

@@ -10,8 +10,9 @@ extracted at every layer. The layer is chosen on dev (cached batched sweep), the
 - TV add: the zero-shot prompt plus ``strength`` times the mean ICL − zero-shot difference
   (measured on the dev extraction prompts) at layer L' (function-vector style).
 
-Accuracy is first-token (greedy) accuracy; ``exact_*`` is the exact match of the full greedy
-answer (continued from the patched run) for multi-token outputs.
+Accuracy is greedy accuracy on the answer's first content token (:mod:`icl_mech.scoring`:
+leading whitespace-only tokens must be produced first, then that token); ``exact_*`` is the
+exact match of the full greedy answer (continued from the patched run).
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from jaxtyping import Int
-from torch import Tensor
 from tqdm import tqdm
 
+from icl_mech import scoring
 from icl_mech.batching import batched
-from icl_mech.evaluation import answer_token_ids, predict
+from icl_mech.evaluation import scored_hits
 from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.prompt_batch import PromptBatch
 from icl_mech.prompts import Task
@@ -35,8 +35,9 @@ from icl_mech.task_vectors.extract import draw_dummies, extract, mean_difference
 from icl_mech.task_vectors.generate import exact_match, greedy
 from icl_mech.task_vectors.plan import DEV_SEED, TEST_SEED
 from icl_mech.task_vectors.results import TaskResult, TaskVectorResults
+from icl_mech.task_vectors.scored import sweep_hits
 from icl_mech.task_vectors.settings import Settings
-from icl_mech.task_vectors.sweep import LayerSweep, sweep_logits
+from icl_mech.task_vectors.sweep import LayerSweep
 from icl_mech.task_vectors.vector import TaskVector
 from icl_mech.tasks import resolve
 
@@ -46,13 +47,13 @@ DEFAULT_SETTINGS = Settings()
 @dataclass
 class SplitData:
     """The queries of one split with their zero-shot and ICL prompts and θ per query; the gold
-    first answer token per query and the zero-shot prompts tokenised, each once."""
+    answer's scored tokens per query and the zero-shot prompts tokenised, each once."""
 
     zero_shot: list[ICLPrompt]
     icl: list[ICLPrompt]
     theta: TaskVector
     dummies: list[list]
-    gold: Int[Tensor, " query"]  # the same for the zero-shot and the ICL prompts
+    gold: list[scoring.Gold]  # the same for the zero-shot and the ICL prompts
     zero_shot_batches: list[tuple[list[int], PromptBatch]]  # (query indices, batch)
 
 
@@ -69,7 +70,7 @@ def prepare(model, task: Task, train: Task, queries: Sequence, settings: Setting
     theta = extract(model, train, sets, dummies, seed=seed, batch_size=settings.batch_size)
     zero_shot = [ICLPrompt.zero_shot(task, q) for q in queries]
     icl = [ICLPrompt.build(task, demos, q) for demos, q in zip(sets, queries)]
-    gold = answer_token_ids(model, zero_shot)
+    gold = scoring.golds(model, zero_shot)
     tokenised = list(batched(model, zero_shot, settings.batch_size))
     return SplitData(zero_shot, icl, theta, dummies, gold, tokenised)
 
@@ -77,15 +78,15 @@ def prepare(model, task: Task, train: Task, queries: Sequence, settings: Setting
 def layer_curve(
     model, data: SplitData, vectors, mode: str, settings: Settings, split: str
 ) -> LayerSweep:
-    """First-token accuracy of the zero-shot prompts with the vectors (``[layer, d_model]``, or
-    ``[query, layer, d_model]``) patched in at every layer (cached sweep)."""
+    """Accuracy (:mod:`icl_mech.scoring`) of the zero-shot prompts with the vectors (``[layer,
+    d_model]``, or ``[query, layer, d_model]``) patched in at every layer (cached sweep)."""
     correct = torch.zeros(model.cfg.n_layers)
     for index, batch in data.zero_shot_batches:
         rows = vectors if vectors.ndim == 2 else vectors[index]
-        logits = sweep_logits(
-            model, batch, rows, mode, strength=settings.strength, groups=settings.groups
-        )
-        correct += (logits.argmax(-1) == data.gold[index]).float().sum(1)
+        gold = [data.gold[i] for i in index]
+        hits = sweep_hits(model, batch, gold, rows, mode, strength=settings.strength,
+                          groups=settings.groups)  # fmt: skip
+        correct += hits.float().sum(1)
     n = len(data.zero_shot)
     accuracy = (correct / n).tolist()
     layers = list(range(model.cfg.n_layers))
@@ -94,6 +95,7 @@ def layer_curve(
 
 
 def evaluate_task(model, task: Task, settings: Settings = DEFAULT_SETTINGS) -> TaskResult:
+    scoring.check_answers(model, task)
     train, dev, test = splits(task, settings)
     dev_data = prepare(model, task, train, dev.examples, settings, settings.seed + DEV_SEED)
     test_data = prepare(model, task, train, test.examples, settings, settings.seed + TEST_SEED)
@@ -142,9 +144,11 @@ def evaluate(
     model, tasks: Sequence[Task], settings: Settings = DEFAULT_SETTINGS, progress: bool = True
 ) -> TaskVectorResults:
     """``evaluate_task`` for every task (names, task files or ``Task``s); every task's size is
-    checked before any forward (:mod:`icl_mech.task_vectors.plan`)."""
+    checked before any forward (:mod:`icl_mech.task_vectors.plan`), and its answers against the
+    scoring rule (:func:`icl_mech.scoring.check_answers`)."""
     tasks = [resolve(t) for t in tasks]
     for task in tasks:
+        scoring.check_answers(model, task)
         plan.check_fits(task, plan.sizes_of(settings), settings.seed, "task-vectors")
     results = []
     for task in tqdm(tasks, desc="task vectors", disable=not progress, leave=False):
@@ -153,22 +157,25 @@ def evaluate(
 
 
 def _first_token_accuracy(model, data: SplitData) -> float:
-    predicted = torch.cat([predict(model, batch) for _, batch in data.zero_shot_batches])
-    return float((predicted == data.gold).float().mean())
+    """Zero-shot accuracy on the split, by the scoring rule."""
+    hits = []
+    for index, batch in data.zero_shot_batches:
+        hits += scored_hits(model, batch, [data.gold[i] for i in index])
+    return float(torch.tensor(hits, dtype=torch.float).mean())
 
 
 def _answers(
     model,
     tokenised: list[tuple[list[int], PromptBatch]],
-    gold: Int[Tensor, " query"],
+    gold: list[scoring.Gold],
     settings: Settings,
     vector: TaskVector | None,
     layer: int,
     mode: str,
 ) -> tuple[list[bool], float, list[str]]:
-    """First-token correctness per prompt (in query order), exact-match accuracy and the greedy
-    answers of the tokenised prompts, with ``vector`` (one set per prompt, or one shared set)
-    patched in at ``layer``."""
+    """Correctness per prompt (in query order; :mod:`icl_mech.scoring`), exact-match accuracy
+    and the greedy answers of the tokenised prompts, with ``vector`` (one set per prompt, or one
+    shared set) patched in at ``layer``."""
     first, matched, texts, n = [False] * len(gold), 0, [], len(gold)
     for index, batch in tokenised:
         items = []
@@ -176,9 +183,11 @@ def _answers(
             rows = vector if len(vector) == 1 else vector.select(index)
             strength = settings.strength if mode == "add" else 1.0  # of the additive variant
             items.append(rows.intervention(layer=layer, mode=mode, strength=strength))
-        out = greedy(model, batch, *items, max_new_tokens=max(1, settings.max_new_tokens))
-        for i, hit in zip(index, (out.first_tokens == gold[index]).tolist()):
-            first[i] = bool(hit)
+        golds = [gold[i] for i in index]
+        steps = max(1, settings.max_new_tokens, scoring.steps(golds))
+        out = greedy(model, batch, *items, max_new_tokens=steps)
+        for i, hit in zip(index, scoring.token_hits(out.tokens, golds)):
+            first[i] = hit
         matched += sum(exact_match(out, batch.prompts))
         texts += out.texts
     return first, matched / n, texts

@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 
 from icl_mech import display
-from icl_mech.plotting import condition_bars, figure
+from icl_mech.plotting import condition_bars, figure, interval_note, show_zero_bars
 from icl_mech.show import cards
 from icl_mech.show.logit_lens import LogitLens, logit_lens_figure
 from icl_mech.show.task_vectors import accuracy_heatmap
@@ -87,12 +87,16 @@ def conflict_bars(conflicts: Sequence[ConflictResult]) -> Figure:
             if f"{column}_low" in frame:  # whiskers: 95% bootstrap interval over queries
                 low, high = frame[f"{column}_low"], frame[f"{column}_high"]
                 errors = np.stack([frame[column] - low, high - frame[column]])
-            ax.bar(x + shift, frame[column], 0.4, yerr=errors, capsize=2, label=label)
+            bars = ax.bar(x + shift, frame[column], 0.4, yerr=errors, capsize=2, label=label)
+            show_zero_bars(ax, bars)
         ax.set_xticks(x, frame["condition"], rotation=20, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"demos of A, vector of B (n={result.n_queries})", fontsize=9)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("share of first tokens")
+    if any(r.hits_a for r in conflicts):  # the whiskers' note
+        counts = [r.n_queries for r in conflicts]
+        fig.suptitle(interval_note("queries", counts, per="task pair"), fontsize=9)
     return fig
 
 

@@ -11,6 +11,11 @@ layer, through registry items) is the reference it must equal. On the bridge (no
 ``start_at_layer``) each group's pass runs the last token through every layer against the same
 cached prefix, with registry row-masked ``Patch``/``AddVector`` items: the same numbers, less
 saving.
+
+``forced_sweep_logits`` appends tokens after the last one (teacher forcing, for answers that
+start with whitespace-only tokens, :mod:`icl_mech.scoring`): they climb the same staircase
+beside the patched token (entering with their unpatched residual), and the logits of every
+appended step come back; the patch still touches the prompt's last token only.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 import einops
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
@@ -52,16 +57,40 @@ def sweep_logits(
     ``groups=g`` splits the layers into g consecutive groups, one staircase each: the same
     numbers and compute, at most ``len(layers) / g`` patched copies of the batch in memory.
     """
+    return _sweep(model, batch, vectors, mode, layers, strength, groups, None)[:, :, -1]
+
+
+def forced_sweep_logits(
+    model,
+    batch: PromptBatch,
+    vectors: Vectors,
+    forced: Int[Tensor, "batch extra"],
+    mode: Mode = "replace",
+    layers: Sequence[int] | None = None,
+    strength: float = 1.0,
+    groups: int = 1,
+) -> Float[Tensor, "layer batch step vocab"]:
+    """``sweep_logits`` with ``forced`` tokens appended after the prompt: the logits at the
+    prompt's last token (step 0) and after each appended token, the patch on the prompt only."""
+    if forced.ndim != 2 or forced.shape[0] != len(batch):
+        raise IclMechError(f"forced tokens: [{len(batch)}, extra], got {tuple(forced.shape)}")
+    return _sweep(model, batch, vectors, mode, layers, strength, groups, forced)
+
+
+def _sweep(model, batch, vectors, mode, layers, strength, groups, forced) -> Tensor:
     layers, rows = _validate(model, batch, vectors, mode, layers)
+    last = batch.tokens[:, -1:]
+    if forced is not None:
+        last = torch.cat([last, forced.to(last)], dim=1)
     if not 1 <= groups <= len(layers):
         raise IclMechError(f"groups must be between 1 and {len(layers)} layers, got {groups}")
     chunks = [c.tolist() for c in torch.arange(len(layers)).tensor_split(groups)]
     with torch.no_grad():
         if is_bridge(model):
-            return _bridge_sweep(model, batch, rows, layers, chunks, mode, strength)
+            return _bridge_sweep(model, batch, last, rows, layers, chunks, mode, strength)
         cache = prefix_cache(model, batch)
         cache.freeze()
-        entering = _entering_rows(model, batch, cache, rows, layers, mode, strength)
+        entering = _entering_rows(model, last, cache, rows, layers, mode, strength)
         out = [_staircase(model, cache, [entering[i] for i in chunk], [layers[i] for i in chunk])
                for chunk in chunks]  # fmt: skip
     return torch.cat(out)
@@ -108,7 +137,7 @@ def _validate(model, batch, vectors, mode, layers) -> tuple[list[int], Tensor]:
     return layers, vectors.to(model.cfg.device, model.cfg.dtype)
 
 
-def _bridge_sweep(model, batch, rows, layers, chunks, mode, strength) -> Tensor:
+def _bridge_sweep(model, batch, last, rows, layers, chunks, mode, strength) -> Tensor:
     """The sweep on the bridge: the prefix cached once (``KVCache``), then per group one pass of
     the last token, repeated per layer, against it."""
     cache = KVCache.new(model, len(batch))
@@ -120,17 +149,18 @@ def _bridge_sweep(model, batch, rows, layers, chunks, mode, strength) -> Tensor:
         chosen, n_layers, size = [layers[i] for i in chunk], len(chunk), len(batch)
         values = einops.rearrange(rows[:, chunk], "batch layer d_model -> (layer batch) d_model")
         items = [
-            _layer_item(name, values, _block_mask(i, n_layers, size), mode, strength)
+            _layer_item(name, values, _block_mask(i, n_layers, size, last.shape[1]), mode, strength)
             for i, name in enumerate(points(model, SUFFIX, chosen))
         ]
-        last = einops.repeat(batch.tokens[:, -1:], "batch one -> (layer batch) one", layer=n_layers)
+        tokens = einops.repeat(last, "batch step -> (layer batch) step", layer=n_layers)
+        keep = keep_last(model) if last.shape[1] == 1 else {}
         with attach(model, *items):
-            logits = cache.repeat(n_layers).forward(
-                model, last, torch.ones_like(last), **keep_last(model)
-            )
+            logits = cache.repeat(n_layers).forward(model, tokens, torch.ones_like(tokens), **keep)
         out.append(
             einops.rearrange(
-                logits[:, -1], "(layer batch) vocab -> layer batch vocab", layer=n_layers
+                logits[:, -last.shape[1] :],
+                "(layer batch) step vocab -> layer batch step vocab",
+                layer=n_layers,
             )
         )
     return torch.cat(out)
@@ -148,31 +178,35 @@ def prefix_cache(model, batch: PromptBatch) -> TransformerLensKeyValueCache:
     return cache
 
 
-def _entering_rows(model, batch, cache, rows, layers, mode, strength) -> list[Tensor]:
-    """Per layer, the ``[batch, 1, d_model]`` residual its patched rows carry out of the block:
-    ``θ``, or (``"add"``) the unpatched last token's residual there plus ``strength·θ``."""
-    if mode == "replace":
+def _entering_rows(model, last, cache, rows, layers, mode, strength) -> list[Tensor]:
+    """Per layer, the ``[batch, step, d_model]`` residual its patched rows carry out of the
+    block: at the last token ``θ``, or (``"add"``) its unpatched residual there plus
+    ``strength·θ``; at forced tokens (step > 0), their unpatched residual."""
+    if mode == "replace" and last.shape[1] == 1:
         return [rows[:, i, None] for i in range(len(layers))]
     names = points(model, SUFFIX, layers)
-    capture = Capture(names, positions="last")
-    last = batch.tokens[:, -1:]
+    capture = Capture(names, positions="all")
     with attach(model, capture):
         model(last, attention_mask=torch.ones_like(last), past_kv_cache=cache,
               stop_at_layer=layers[-1] + 1)  # fmt: skip
-    return [
-        (capture.activations[name] + strength * rows[:, i])[:, None] for i, name in enumerate(names)
-    ]
+    out = []
+    for i, name in enumerate(names):
+        seen = capture.activations[name]  # [batch, step, d_model], unpatched
+        first = rows[:, i] if mode == "replace" else seen[:, 0] + strength * rows[:, i]
+        out.append(torch.cat([first[:, None], seen[:, 1:]], dim=1))
+    return out
 
 
 def _staircase(model, cache, entering: list[Tensor], layers: list[int]) -> Tensor:
-    """Logits ``[len(layers), batch, vocab]``: block j runs once over the rows of every layer
-    below j (layer-major), against its prefix cache entry repeated to their number."""
-    size, n_layers = entering[0].shape[0], model.cfg.n_layers
+    """Logits ``[len(layers), batch, step, vocab]``: block j runs once over the rows of every
+    layer below j (layer-major), against its prefix cache entry repeated to their number."""
+    size, n_layers, n_steps = entering[0].shape[0], model.cfg.n_layers, entering[0].shape[1]
     residual, steps = entering[0], 1
     previous = cache.previous_attention_mask
     for block in range(layers[0] + 1, n_layers + 1):
         copies = residual.shape[0] // size
-        mask = repeat_rows(torch.cat([previous, torch.ones_like(previous[:, :1])], 1), copies)
+        mask = repeat_rows(torch.cat([previous, previous.new_ones(len(previous), n_steps)], 1),
+                           copies)  # fmt: skip
         if block < n_layers:
             entry = cache.entries[block]
             entries = list(cache.entries)
@@ -186,7 +220,9 @@ def _staircase(model, cache, entering: list[Tensor], layers: list[int]) -> Tenso
             logits = model(residual, start_at_layer=n_layers, attention_mask=mask)
         if steps < len(layers) and layers[steps] == block:
             residual, steps = torch.cat([residual, entering[steps]]), steps + 1
-    return einops.rearrange(logits[:, -1], "(layer batch) vocab -> layer batch vocab", batch=size)
+    return einops.rearrange(
+        logits, "(layer batch) step vocab -> layer batch step vocab", batch=size
+    )
 
 
 def repeat_rows(tensor: Tensor, times: int) -> Tensor:
@@ -204,10 +240,11 @@ def repeat_cache(cache: TransformerLensKeyValueCache, times: int) -> Transformer
     return TransformerLensKeyValueCache(entries, repeat_rows(cache.previous_attention_mask, times))
 
 
-def _block_mask(index: int, n_layers: int, size: int) -> Tensor:
-    mask = torch.zeros(n_layers, size, 1, dtype=torch.bool)
-    mask[index] = True
-    return einops.rearrange(mask, "layer batch one -> (layer batch) one")
+def _block_mask(index: int, n_layers: int, size: int, n_steps: int = 1) -> Tensor:
+    """Rows of block ``index``, at the prompt's last token (step 0) only."""
+    mask = torch.zeros(n_layers, size, n_steps, dtype=torch.bool)
+    mask[index, :, 0] = True
+    return einops.rearrange(mask, "layer batch step -> (layer batch) step")
 
 
 def _layer_item(name: str, values: Tensor, mask: Tensor, mode: Mode, strength: float):

@@ -3,6 +3,11 @@
 A lookup accepts only a name the catalogue lists (a file path is never built from an unchecked
 name); a misspelt name gets a did-you-mean, and a name from the sibling catalogue (a pair set
 given to ``load``, a task given to ``load_pairs``) says which function takes it.
+
+Splits: every task's default split is ``"common"`` (the bundled set); some input->output tasks
+also have a ``"hard"`` split of less common words (``data/hard/<task>.jsonl``), loaded as
+``load("antonym", split="hard")`` or by the name ``"antonym:hard"`` (the task's name), which
+every entry point that takes task names accepts (``splits(name)`` lists a task's splits).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ CITY_TEMPLATES: dict[str, tuple[str, str]] = {
 CITY_JSON_TEMPLATE = '{{"city": "{x}", "{attribute}": "'
 KINDS = ("classification", "io", "city")
 NAMES_HINT = "icl_mech.tasks.names(), or give a task file (.csv, .json, .jsonl) or a Task"
+DEFAULT_SPLIT = "common"
+SPLIT_FOLDERS = ("hard",)  # data/<split>/<task>.jsonl: extra splits of input->output tasks
 
 
 def _data():
@@ -65,16 +72,51 @@ def pair_names() -> list[str]:
     return _stems("pairs")
 
 
+def splits(name: str) -> list[str]:
+    """The splits of bundled task ``name``: ``"common"`` (the default) first, then any other."""
+    if not isinstance(name, str) or name not in names():
+        raise unknown("task", name, names(), hint=NAMES_HINT)
+    extra = [s for s in SPLIT_FOLDERS if (_data() / s / f"{name}.jsonl").is_file()]
+    return [DEFAULT_SPLIT, *extra]
+
+
+def is_bundled(item) -> bool:
+    """``item`` names a bundled task, with or without a split (``"antonym"``, ``"antonym:hard"``;
+    a misspelt split still counts: ``load`` says what is wrong with it)."""
+    return isinstance(item, str) and item.partition(":")[0] in names()
+
+
+def split_name(name: str, split: str | None = None) -> tuple[str, str]:
+    """(task, split) of a name such as ``"antonym:hard"``, checked (did-you-mean on a typo)."""
+    task, sep, named = name.partition(":") if isinstance(name, str) else (name, "", "")
+    if sep and split is not None and split != named:
+        raise IclMechError(f"task {name!r} names split {named!r}, but split={split!r} was given")
+    split = named if sep else (DEFAULT_SPLIT if split is None else split)
+    choices = splits(task)
+    if split not in choices:
+        raise IclMechError(f"task {task!r}: {unknown('split', split, choices)}")
+    return task, split
+
+
 @cache
-def load(name: str) -> Task:
-    """The bundled task ``name`` (``names()``); your own: ``from_file`` or ``resolve``."""
+def load(name: str, split: str | None = None) -> Task:
+    """The bundled task ``name`` (``names()``) in ``split`` (default ``"common"``; also given as
+    ``"antonym:hard"``); your own: ``from_file`` or ``resolve``."""
+    if is_bundled(name):
+        task, split = split_name(name, split)
+        if split != DEFAULT_SPLIT:
+            rows = _read_jsonl(_data() / split / f"{task}.jsonl")
+            examples = tuple(Demonstration(r["input"], r["output"]) for r in rows)
+            return Task(f"{task}:{split}", examples, IO_TEMPLATE)
+        name = task
     if not isinstance(name, str) or name not in names():
         if isinstance(name, str) and name in pair_names():
             raise IclMechError(
                 f"{name!r} is a pair set (for in-context vectors), not a task; "
                 f"use icl_mech.tasks.load_pairs({name!r})"
             )
-        raise unknown("task", name, names(), hint=NAMES_HINT)
+        task = name.partition(":")[0] if isinstance(name, str) else name
+        raise unknown("task", task, names(), hint=NAMES_HINT)
     if name in CLASSIFICATION:
         template, classes = CLASSIFICATION[name]
         rows = _read_jsonl(_data() / "classification" / f"{name}.jsonl")

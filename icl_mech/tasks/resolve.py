@@ -3,7 +3,7 @@
 ``resolve(item)`` takes
 
 - a ``Task``: itself;
-- a bundled name (``names()``): ``load(name)``;
+- a bundled name (``names()``), optionally with a split (``"antonym:hard"``): ``load(name)``;
 - a task file (``.csv``, ``.json``, ``.jsonl``, ``.ndjson``, or any existing file; a relative
   path is relative to the current directory): ``from_file(path, **options)``, with the options
   read from a **sidecar** next to it, the file's stem + ``.task.json`` (``succ.csv`` ->
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from icl_mech.errors import IclMechError, unknown
 from icl_mech.prompts import Task
-from icl_mech.tasks.bundled import NAMES_HINT, load, names, pair_names
+from icl_mech.tasks.bundled import NAMES_HINT, is_bundled, load, names, pair_names
 from icl_mech.tasks.files import FORMATS, from_file
 
 __all__ = [
@@ -48,8 +48,8 @@ def resolve(item) -> Task:
     """A ``Task`` from a bundled name, a task file (with its sidecar options) or a ``Task``."""
     if isinstance(item, Task):
         return item
-    if isinstance(item, str) and item in names():
-        return load(item)
+    if is_bundled(item):
+        return load(item)  # a name, or a name with its split ("antonym:hard")
     if isinstance(item, (str, os.PathLike)) and _is_path(item):
         return _from_path(Path(item).expanduser())
     if not isinstance(item, str):
@@ -96,7 +96,7 @@ def checked(
                 f"and {label(item)!r}); rename one (from_file(name=...), or 'name' in its sidecar)"
             )
         seen[task.name] = label(item)
-        out.append(item if isinstance(item, str) and item in names() else task)
+        out.append(item if is_bundled(item) else task)
     return tuple(out)
 
 
