@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test lint demo figures notebooks benchmarks clean
+.PHONY: setup test test-tl4 lint demo figures notebooks benchmarks gpu-check clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,15 @@ lint: setup
 	$(BIN)/ruff check icl_mech tests benchmarks notebooks
 	$(BIN)/ruff format --check icl_mech tests benchmarks notebooks
 
-test: setup lint
-	$(BIN)/python -m pytest -q --durations=15
+# both TransformerLens majors (3.x in .venv, 4.x from a built wheel in .venv-tl4), notebooks and
+# the browser check, with a per-test timeout and a time breakdown (scripts/test.sh)
+test:
+	scripts/test.sh
+
+# the suite on TransformerLens 4.x alone; TL4_VERSION=newest make test-tl4 tries the newest 4.x
+test-tl4:
+	scripts/tl4-env
+	scripts/tl4-test -q -p no:cacheprovider --timeout=900 -n 2 --dist loadfile
 
 # quick runs write to runs/ (ignored by git); only `make figures` rewrites the committed full runs
 demo: setup
@@ -50,10 +57,15 @@ benchmarks: setup
 	$(BIN)/pip install --quiet -e ".[bench]"
 	# each script with the settings its committed record (benchmarks/results/*.json) was made with
 	for script in backends:--rounds=7 peers:--rounds=3 task_vectors:--repeats=3,--sets=8 \
-	        compression: grid_estimate: icl_gd: icv: registry_overhead: saliency: sweep:; do \
+	        compression: grid_estimate: icl_gd: icv: registry_overhead: saliency: sweep: threads:--settle=60; do \
 		name=$${script%%:*}; options=$$(echo $${script#*:} | tr ',=' '  '); \
 		$(BIN)/python benchmarks/$$name.py $$options || exit 1; \
 	done
+
+# the methods on a GPU against the CPU (float32, bfloat16) and quick reproductions, one table;
+# prints one line and does nothing without a CUDA device (CI has none)
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

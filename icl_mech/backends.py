@@ -9,9 +9,8 @@ backend is ``"hooked"`` on 3.x and ``"bridge"`` on 4.x. What differs lives here,
   ``blocks.{l}.hook_in`` and calls hook functions with the canonical name. ``hook_pairs``
   resolves filters to names and hands every function the name it was attached under, so
   ``Capture`` and every item see the same names on both backends;
-- ``start_at_layer``: the bridge of TransformerLens 3.9 refuses it (its forward is the Hugging
-  Face model's own). ``icl_mech.hooks.resume`` gives the same numbers by overwriting
-  ``blocks.{L}.hook_resid_pre`` with the given stream during a full forward (no compute saved);
+- ``start_at_layer``/``stop_at_layer``: the bridge's forward is the Hugging Face model's own;
+  :func:`icl_mech.resume.forward_from` runs any block range on a given stream on both;
 - the key/value cache (:mod:`icl_mech.kv_cache`): ``KVCache`` wraps TransformerLens's cache
   (keys before the rotary embedding, rotated at every forward) and, on the bridge, a Hugging
   Face ``DynamicCache`` (keys after it). transformers 5.25 takes the cache as ``cache=``
@@ -25,8 +24,7 @@ backend is ``"hooked"`` on 3.x and ``"bridge"`` on 4.x. What differs lives here,
   row's NaN softmax gradient reaches every position; ``finite_padding_rows`` (attached by
   ``icl_mech.hooks.attach``) keeps them finite;
 - the read-out at the last token: the bridge keeps only the last position's logits
-  (``logits_to_keep=1``) instead of stopping before the unembedding (its ``stop_at_layer``
-  cannot stop after the last block).
+  (``logits_to_keep=1``) where a forward must run to the end.
 """
 
 from __future__ import annotations

@@ -45,8 +45,13 @@ def build_once(
     what: str = "cache folder",
     env: str | None = "ICL_MECH_CACHE",
     source: str = "",
+    key: dict | None = None,
+    recorded: dict | None = None,
 ) -> Path:
-    """``folder``, complete; built by ``build(staging)`` (which creates ``staging``) if needed."""
+    """``folder``, complete; built by ``build(staging)`` (which creates ``staging``) if needed.
+
+    ``key`` (what the folder depends on, see :mod:`icl_mech.cache_keys`) and ``recorded``
+    (other facts about the build) are written into its manifest."""
     folder = Path(folder)
     problem = inspect(folder)
     if problem is None:
@@ -61,7 +66,8 @@ def build_once(
         staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             build(staging)
-            manifest = {"source": source, "files": _manifest(staging)}
+            manifest = {"source": source, "key": key, "recorded": recorded or {}}
+            manifest["files"] = _manifest(staging)
             (staging / MARKER).write_text(json.dumps(manifest, indent=1))
             _install(staging, folder)
         finally:

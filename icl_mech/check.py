@@ -29,7 +29,6 @@ from icl_mech.icv.figures import sweep_figure
 from icl_mech.icv.reproduce import headline as icv_headline
 from icl_mech.icv.settings import STYLE_METRICS
 from icl_mech.icv.settings import Settings as IcvSettings
-from icl_mech.models import torch_threads
 from icl_mech.plotting import accuracy_figure
 from icl_mech.prompts import Task
 from icl_mech.report import writable_folder
@@ -39,6 +38,7 @@ from icl_mech.task_vectors.evaluate import evaluate as evaluate_task_vectors
 from icl_mech.task_vectors.figures import accuracy_bars
 from icl_mech.task_vectors.reproduce import headline as task_vector_headline
 from icl_mech.task_vectors.settings import Settings as TaskVectorSettings
+from icl_mech.threads import run_threads
 from icl_mech.vector_files import dumps
 from icl_mech.verdicts import Verdict, judge, table
 from icl_mech.version import __version__
@@ -60,7 +60,6 @@ class CheckSettings(base.Settings):
         io_tasks=("antonym",), tv_n_dev=4, tv_n_test=6, icv_strengths=(0.06,), icv_n_test=3,
         icv_n_dev=3, max_new_tokens=8,
     )  # fmt: skip
-    threads: int | None = None  # all cores: a check is interactive
     icl_tasks: tuple[str | Task, ...] = ("sentiment", "topic")  # names, task files or Tasks
     icl_n_test: int = 48
     anchor_task: str | Task = "sentiment"
@@ -167,7 +166,7 @@ def check(model, settings: CheckSettings | None = None, progress: bool = True) -
     start = time.perf_counter()
     headlines: dict[str, Any] = {}
     figures: dict[str, Any] = {}
-    with torch_threads(settings.threads):
+    with run_threads(settings.threads):
         for section in (_icl, _anchors, _task_vectors, _icv):
             section(model, settings, progress, headlines, figures)
     verdicts = judge(headlines, bundled.label(settings.anchor_task), settings.icv_pair_set)

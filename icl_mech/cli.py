@@ -4,7 +4,8 @@ Every option is checked (settings, output folder) before a model is loaded; bad 
 one line and exits with status 2. ``icl-mech reproduce NAME --help`` lists NAME's settings.
 Quick runs and the demo write under ``runs/`` (ignored by git); the committed ``figures/``
 is only written when asked for (``--out figures``, ``make figures``). ``icl-mech sweep GRID.toml``
-runs a grid of reproductions into a resumable store (:mod:`icl_mech.sweeps`).
+runs a grid of reproductions into a resumable store (:mod:`icl_mech.sweeps`). ``icl-mech cache
+list | clear [--all]``: the model cache's entries, current or stale (:mod:`icl_mech.cache_entries`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from icl_mech import models, plotting, tasks
+from icl_mech import cache_entries, models, plotting, tasks, threads
 from icl_mech.catalogue import kinds
 from icl_mech.check import CheckSettings
 from icl_mech.check import check as run_check
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser(argv).parse_args(argv)
     try:
         commands = {"info": info, "demo": demo, "check": check, "reproduce": reproduce,
-                    "sweep": sweep}  # fmt: skip
-        return commands[args.command](args)
+                    "sweep": sweep, "cache": cache_entries.command}  # fmt: skip
+        with threads.fixed():  # the thread policy, read once before any model work
+            return commands[args.command](args)
     except IclMechError as error:
         return _fail(str(error))
     except OSError as error:
@@ -89,6 +91,11 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
         _common(method, default_out=None)
         _settings_options(method)
     _sweep_options(commands)
+    cache = commands.add_parser("cache", help="list the model cache, or remove stale entries")
+    actions = cache.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="each entry: what it is, its key, size, current or stale")
+    clear = actions.add_parser("clear", help="remove stale entries and leftovers of builds")
+    clear.add_argument("--all", action="store_true", help="remove everything in the cache")
     return parser
 
 

@@ -30,7 +30,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import ClassVar, Literal
 
-from jaxtyping import Float
 from torch import Tensor
 
 from icl_mech import backends, validate
@@ -157,23 +156,6 @@ def run(model, batch: PromptBatch, *items: Hooked | HookSpec, **forward_kwargs) 
         return model(batch.tokens, attention_mask=batch.attention_mask, **forward_kwargs)
 
 
-def resume(model, layer: int, residual: Float[Tensor, "batch seq d_model"]):
-    """A hook spec that makes the stream entering ``layer`` equal ``residual``: with a full
-    forward, the bridge's equivalent of ``start_at_layer`` (the same numbers from that layer
-    on; hooks on earlier layers still run)."""
-    name = points(model, "hook_resid_pre", [layer])[0]
-
-    def replace(stream, hook):
-        if stream.shape != residual.shape:
-            raise IclMechError(
-                f"resuming at {name!r}: the residual has shape {tuple(residual.shape)}, the "
-                f"stream {tuple(stream.shape)}"
-            )
-        return residual.to(stream.device, stream.dtype)
-
-    return HookSpec(name, replace)
-
-
 def collect_specs(model, items, batch) -> list[HookSpec]:
     specs: list[HookSpec] = []
     for item in items:
@@ -217,6 +199,5 @@ __all__ = [
     "points",
     "position_mask",
     "register",
-    "resume",
     "run",
 ]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import einops
@@ -14,7 +15,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 from transformer_lens.utilities import sample_logits
 from transformers import DynamicCache
 
-from icl_mech.backends import cache_keyword, is_bridge
+from icl_mech.backends import cache_keyword, is_bridge, keep_last
 from icl_mech.errors import IclMechError
 
 
@@ -66,6 +67,13 @@ class KVCache:
     def rotated(self) -> bool:
         return self.bridge
 
+    @property
+    def hooked_entries(self):
+        """TransformerLens's own cache, for ``past_kv_cache=`` on the hooked backend."""
+        if self.bridge:
+            raise IclMechError("a bridge's key/value cache has no TransformerLens entries")
+        return self._tl
+
     def __len__(self) -> int:
         return self.attention_mask.shape[0]
 
@@ -83,15 +91,26 @@ class KVCache:
             self._tl.freeze()
         return self
 
-    def repeat(self, times: int) -> KVCache:
-        """A frozen copy holding every row ``times`` times, as ``(times batch)``."""
+    def repeat(self, times: int, layers: Sequence[int] | None = None) -> KVCache:
+        """A frozen copy holding every row ``times`` times, as ``(times batch)``; with
+        ``layers``, only their entries are repeated (a run that reads no other layer)."""
 
         def tile(tensor: Tensor) -> Tensor:
             return einops.repeat(tensor, "batch ... -> (times batch) ...", times=times)
 
         keys, values, mask = self.entries()
-        keys, values = [tile(k) for k in keys], [tile(v) for v in values]
+        chosen = range(len(keys)) if layers is None else set(layers)
+        keys = [tile(k) if i in chosen else k for i, k in enumerate(keys)]
+        values = [tile(v) if i in chosen else v for i, v in enumerate(values)]
         return self._frozen(self.bridge, keys, values, tile(mask))
+
+    def fill(self, model, tokens: Tensor, attention_mask: Tensor) -> KVCache:
+        """Run ``tokens`` to fill the cache, without the unembedding (the hooked model stops
+        after its last block; the bridge, which cannot, unembeds the last position only)."""
+        if len(tokens) and tokens.shape[1]:
+            last = {"stop_at_layer": model.cfg.n_layers} if not self.bridge else keep_last(model)
+            self.forward(model, tokens, attention_mask, **last)
+        return self
 
     def forward(self, model, tokens: Tensor, attention_mask: Tensor, **forward):
         """The model's forward on ``tokens`` after the cached positions."""

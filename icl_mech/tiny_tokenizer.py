@@ -1,7 +1,9 @@
 """The tiny models' tokenizer: a real (small) byte-level BPE trained on the bundled task texts.
 
-It is cached under ``$ICL_MECH_CACHE`` (TransformerLens reloads tokenizers by path); with a
-read-only cache it lives in a temporary folder for the life of the process.
+It is cached under ``$ICL_MECH_CACHE`` (TransformerLens reloads tokenizers by path) in a folder
+named after its key: a hash of the texts it is trained on (the bundled task files), the
+tokenizers major version and ``RECIPE``. With a read-only cache it lives in a temporary folder
+for the life of the process.
 """
 
 from __future__ import annotations
@@ -16,9 +18,20 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from icl_mech import cache, tasks, validate
+from icl_mech.cache_keys import keyed_folder, major_version, texts_sha256
 from icl_mech.errors import IclMechError
 
-TINY_TOKENIZER = "tiny-tokenizer-v1"
+TINY_TOKENIZER = "tiny-tokenizer"  # the folder is tiny-tokenizer-<12 hex of its key>
+RECIPE = 1  # bump when _train_tiny_tokenizer changes
+
+
+def tokenizer_key() -> dict:
+    """What the tiny tokenizer's folder depends on."""
+    return {
+        "texts_sha256": texts_sha256(tasks.all_texts()),
+        "tokenizers_major": major_version("tokenizers"),
+        "recipe": RECIPE,
+    }
 
 
 @lru_cache(maxsize=1)
@@ -28,15 +41,19 @@ def tiny_tokenizer():
     It is saved to the cache and reloaded, since TransformerLens reloads tokenizers by path.
     With a read-only cache it lives in a temporary folder for the life of the process.
     """
-    folder = cache.cache_dir() / TINY_TOKENIZER
+    key = tokenizer_key()
+    folder = keyed_folder(TINY_TOKENIZER, key)
     if cache.inspect(folder) is not None and not _writable(folder.parent):
         validate.warn(
             f"the cache {folder.parent} is not writable (ICL_MECH_CACHE); the tiny tokenizer "
             "is built in a temporary folder for this process"
         )
-        folder = _scratch() / TINY_TOKENIZER
+        folder = _scratch() / folder.name
     built = cache.build_once(
-        folder, lambda out: _train_tiny_tokenizer().save_pretrained(out), what="the tiny tokenizer"
+        folder,
+        lambda out: _train_tiny_tokenizer().save_pretrained(out),
+        what="the tiny tokenizer",
+        key=key,
     )
     return AutoTokenizer.from_pretrained(str(built))
 

@@ -4,7 +4,17 @@ from pathlib import Path
 import pytest
 import torch
 
+import icl_mech
 from icl_mech import load_model, tiny_model
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+# the 4.x suite (scripts/tl4-test) tests the installed wheel, never the checkout's sources
+if (
+    os.environ.get("ICL_MECH_EXPECT_WHEEL")
+    and Path(icl_mech.__file__).parent == CHECKOUT / "icl_mech"
+):
+    pytest.exit(f"icl_mech was imported from the checkout ({icl_mech.__file__}), not the wheel", 2)
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +42,6 @@ def tiny_gpt2():
 
 # --- no test writes into the checkout (runs/ and figures/ included) ----------------------------
 
-CHECKOUT = Path(__file__).resolve().parents[1]
 NOT_THE_CHECKOUT = {".git", ".venv", ".venv-tl4", "__pycache__", ".pytest_cache", ".ruff_cache",
                     ".ipynb_checkpoints", ".hypothesis", "build"}  # fmt: skip
 

@@ -103,10 +103,11 @@ def test_keys_and_queries_reproduce_the_attention_scores(tiny):
     with torch.no_grad():
         target_logits(tiny, batch, capture)
     scores = next(iter(capture.activations.values()))
+    scale = tiny.cfg.d_head**0.5  # both tiny architectures scale scores by sqrt(d_head)
     for b, row in enumerate(batch.rows):
         for tokens, label in zip(row.labels, batch.demo_labels[b]):
             model_score = scores[b, :, row.target, tokens[0]].sum()
-            ours = (at_q[layer][b] * keys[layer][label]).sum() / tiny.blocks[layer].attn.attn_scale
+            ours = (at_q[layer][b] * keys[layer][label]).sum() / scale
             torch.testing.assert_close(ours, model_score, atol=1e-4, rtol=1e-4)
 
 

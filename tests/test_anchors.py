@@ -27,6 +27,7 @@ from icl_mech.anchors import (
     top_k_jaccard,
 )
 from icl_mech.anchors.experiment import AnalysisSettings, analyse_prompts, task_prompts
+from icl_mech.backends import is_bridge
 from icl_mech.hooks import points
 from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.models import tiny_model
@@ -83,11 +84,14 @@ def test_saliency_matches_finite_differences(float64_model):
     row0 = batch.rows[0]
     q, p = row0.target, row0.label_first[0]
     edges = [(0, q, p), (1, q, p), (2, q, p), (0, p, p - 1), (1, p, p - 3), (1, q, q - 2)]
-    eps = 1e-5
+    # the bridge runs Hugging Face's attention, whose softmax is float32 even in a float64
+    # model: a wider step (truncation error ~eps^2) and tolerances above float32 rounding of the
+    # loss (~6e-8 over a step of 2 * eps)
+    eps, rel, tol = (1e-2, 1e-2, 1e-5) if is_bridge(model) else (1e-5, 1e-5, 1e-10)
     for layer, i, j in edges:
         estimate = (loss_with(layer, 0, i, j, eps) - loss_with(layer, 0, i, j, -eps)) / (2 * eps)
         assert float(result.scores[0, layer, i, j]) == pytest.approx(
-            abs(float(estimate)), rel=1e-5, abs=1e-10
+            abs(float(estimate)), rel=rel, abs=tol
         )
 
 

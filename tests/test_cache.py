@@ -19,7 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from icl_mech import IclMechError, models, tiny_model
-from icl_mech.tiny_tokenizer import TINY_TOKENIZER, _train_tiny_tokenizer
+from icl_mech.cache_keys import keyed_folder
+from icl_mech.tiny_tokenizer import TINY_TOKENIZER, _train_tiny_tokenizer, tokenizer_key
 
 UNWRITABLE = "/proc/icl-mech-cache"  # /proc refuses new entries, even to root
 
@@ -43,9 +44,22 @@ def fake_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     calls = tmp_path / "calls"
     monkeypatch.setenv("ICL_MECH_CACHE", str(cache))
-    monkeypatch.setattr(models, "embedded_gguf", lambda: tmp_path / "fake.gguf")
+    gguf = _fake_gguf(tmp_path)
+    monkeypatch.setattr(models, "embedded_gguf", lambda: gguf)
     monkeypatch.setattr(models, "_dequantise", _fake_conversion(calls))
     return cache, calls
+
+
+def _fake_gguf(folder: Path) -> Path:
+    """A stand-in source file (the cache key hashes it)."""
+    path = folder / "fake.gguf"
+    path.write_bytes(b"GGUF fake")
+    return path
+
+
+def _embedded_folder() -> Path:
+    """Where embedded_folder() builds under the current key."""
+    return keyed_folder(models.EMBEDDED_NAME, models.embedded_key())
 
 
 @pytest.fixture
@@ -102,10 +116,10 @@ def test_two_processes_convert_into_one_empty_cache(fake_cache, tmp_path):
     cache, calls = fake_cache
     results = _in_processes(models.embedded_folder, 2, tmp_path / "sync")
     assert [r["ok"] for r in results] == [True, True], results
-    assert {r["value"] for r in results} == {str(cache / models.EMBEDDED_NAME)}
-    assert _visible(cache) == [models.EMBEDDED_NAME]
+    assert {r["value"] for r in results} == {str(_embedded_folder())}
+    assert _visible(cache) == [_embedded_folder().name]
     assert _n_calls(calls) == 1  # the lock kept the second process from converting again
-    with safe_open(str(cache / models.EMBEDDED_NAME / "model.safetensors"), "pt") as f:
+    with safe_open(str(_embedded_folder() / "model.safetensors"), "pt") as f:
         assert f.get_tensor("weight").shape == (64,)
 
 
@@ -113,8 +127,8 @@ def test_threads_convert_into_one_empty_cache(fake_cache):
     cache, calls = fake_cache
     with ThreadPoolExecutor(4) as pool:
         folders = list(pool.map(lambda _: models.embedded_folder(), range(4)))
-    assert set(folders) == {cache / models.EMBEDDED_NAME}
-    assert _visible(cache) == [models.EMBEDDED_NAME]
+    assert set(folders) == {_embedded_folder()}
+    assert _visible(cache) == [_embedded_folder().name]
     assert _n_calls(calls) == 1
 
 
@@ -123,7 +137,8 @@ def test_tiny_models_in_threads_share_one_tokenizer_build(tmp_path, monkeypatch,
     small = dict(n_layers=1, d_model=16, n_heads=2)
     with ThreadPoolExecutor(4) as pool:
         built = list(pool.map(lambda _: tiny_model("gpt2", **small), range(4)))
-    assert len(built) == 4 and _visible(tmp_path) == [TINY_TOKENIZER]
+    expected = keyed_folder(TINY_TOKENIZER, tokenizer_key()).name
+    assert len(built) == 4 and _visible(tmp_path) == [expected]
 
 
 def test_two_processes_build_the_tiny_tokenizer(tmp_path, monkeypatch, fresh_tokenizer):
@@ -206,7 +221,8 @@ def test_a_complete_folder_of_an_older_version_is_reused(fake_cache):
 def test_unwritable_cache_fails_before_converting(monkeypatch, tmp_path):
     calls = tmp_path / "calls"
     monkeypatch.setenv("ICL_MECH_CACHE", UNWRITABLE)
-    monkeypatch.setattr(models, "embedded_gguf", lambda: tmp_path / "fake.gguf")
+    gguf = _fake_gguf(tmp_path)
+    monkeypatch.setattr(models, "embedded_gguf", lambda: gguf)
     monkeypatch.setattr(models, "_dequantise", _fake_conversion(calls))
     with pytest.raises(IclMechError, match=f"(?s){UNWRITABLE}.*ICL_MECH_CACHE"):
         models.embedded_folder()

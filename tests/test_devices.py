@@ -134,7 +134,8 @@ def test_a_float32_beta_reweights_a_model_of_another_dtype_against_a_cached_cont
 ):
     model = request.getfixturevalue(model_name)
     demos, aux = TASK.examples[:2], TASK.examples[4:7]
-    beta = exact_in_every_dtype(model.cfg.n_layers, model.cfg.n_heads, 2, seed=2)
+    # large enough to move a bfloat16 loss (a power-of-two scale keeps the values exact)
+    beta = exact_in_every_dtype(model.cfg.n_layers, model.cfg.n_heads, 2, seed=2, scale=4.0)
 
     def loss_with(values: Tensor) -> float:
         trained = TrainedBeta(values, model.cfg.model_name, TASK.name, TASK.classes)

@@ -18,6 +18,7 @@ import torch
 from icl_mech import Capture, HookSpec, IclMechError, PromptBatch, attach, tasks, tiny_model
 from icl_mech.anchors import row_groups, saliency
 from icl_mech.anchors.experiment import task_prompts
+from icl_mech.backends import is_bridge
 from icl_mech.icv import ICVSteering, extract_icv, generate
 from icl_mech.icv.steering import unit
 from icl_mech.interventions import AddVector
@@ -137,7 +138,12 @@ def test_linear_layout_changes_no_number_and_is_undone(tiny):
                 assert torch.equal(p, before[name][0]) and p.stride() == before[name][1], name
 
 
+LAYOUT_IS_HOOKED = "linear_layout lays out HookedTransformer weights; the bridge keeps its own"
+
+
 def test_linear_layout_keeps_in_place_changes(tiny_llama):
+    if is_bridge(tiny_llama):
+        pytest.skip(LAYOUT_IS_HOOKED)
     parameter = tiny_llama.blocks[0].mlp.W_in
     saved = parameter.detach().clone()
     try:
@@ -214,6 +220,7 @@ def generations(model, monkeypatch, prompts, *items, fast: bool, **settings):
 def check_same_generation(model, monkeypatch, prompts, *items, stored=None, **settings):
     """``stored``: the same model with TransformerLens's own weight layout, when ``model`` was
     laid out at load; otherwise ``model`` is laid out for the call and must be restored."""
+    contiguous = [p.is_contiguous() for p in model.parameters()]
     old_tokens, old_states = generations(
         stored or model, monkeypatch, prompts, *items, fast=False, **settings
     )
@@ -222,8 +229,8 @@ def check_same_generation(model, monkeypatch, prompts, *items, stored=None, **se
     assert len(new_states) == len(old_states)
     for old, new in zip(old_states, new_states):
         torch.testing.assert_close(new, old, atol=1e-5, rtol=0)
-    if stored is None:
-        assert all(p.is_contiguous() for p in model.parameters())  # the layout was undone
+    if stored is None:  # the layout was undone (on the bridge nothing was laid out)
+        assert [p.is_contiguous() for p in model.parameters()] == contiguous
 
 
 @pytest.mark.parametrize("positions", ["all", "new"])
@@ -239,6 +246,8 @@ def test_generation_with_laid_out_weights_equals_the_old_path(tiny, monkeypatch,
 
 @pytest.mark.embedded
 def test_steered_generation_equals_the_old_path_on_the_embedded_model(embedded, monkeypatch):
+    if is_bridge(embedded):
+        pytest.skip(LAYOUT_IS_HOOKED)
     icv = extract_icv(embedded, tasks.load_pairs("negative_positive")[:4])
     prompts = ["Tell me about the hotel we stayed in:", "Describe the new phone in a few words:"]
     assert not all(p.is_contiguous() for p in embedded.parameters())  # laid out at load

@@ -44,14 +44,17 @@ from icl_mech.anchors import (
 )
 from icl_mech.anchors.compression import anchor_keep, answer, encode_shared
 from icl_mech.anchors.diagnosis import diagnose
+from icl_mech.anchors.positions_continued import ContinuePositions
 from icl_mech.anchors.reweighting import AnchorReweighting, anchor_columns, train_beta
-from icl_mech.backends import TL_MAJOR, backend_of, is_bridge
+from icl_mech.backends import TL_MAJOR, backend_of
 from icl_mech.batching import encode_text
 from icl_mech.evaluation import build_prompts
-from icl_mech.function_vectors import effect_prompts, indirect_effects
+from icl_mech.function_vectors import effect_prompts, indirect_effects, naive_indirect_effects
 from icl_mech.icl_prompt import ROLES, ICLPrompt
 from icl_mech.icv import SENTIMENT_PAIRS, ICVSteering, extract_icv, generate
+from icl_mech.kv_cache import KVCache
 from icl_mech.models import GEMMA_NAME, torch_threads
+from icl_mech.resume import forward_from
 from icl_mech.task_vectors import (
     ReplaceResidual,
     extract,
@@ -350,8 +353,8 @@ def test_saliency_and_flows(models, memo, column):
     assert torch.isfinite(torch.as_tensor(flow.to_frame().select_dtypes("number").values)).all()
     hooked = partner_result(memo, models, "saliency", column, _saliency)
     if hooked is not None:
-        close(result.scores, hooked[1].scores, size(hooked[1].scores), 5e-3)
-        close(result.logits, hooked[1].logits, size(hooked[1].logits))
+        close(result.scores, hooked[1].scores, size(hooked[1].scores), 1e-4)
+        close(result.logits, hooked[1].logits, size(hooked[1].logits), 1e-4)
 
 
 def _isolation(model):
@@ -425,7 +428,7 @@ def test_compression(models, memo, column):
     assert torch.isfinite(anchors_only).all()
     hooked = partner_result(memo, models, "compression", column, _compression)
     if hooked is not None:
-        close(anchors_only, hooked[3], size(anchors_only))
+        close(anchors_only, hooked[3], size(anchors_only), 1e-4)
 
 
 def _reweighting(model):
@@ -515,7 +518,7 @@ def test_task_vectors(models, memo, column):
     hooked = partner_result(memo, models, "task_vectors", column, _task_vectors)
     if hooked is not None:
         close(theta.values, hooked[0].values, size(theta.values))
-        close(cached, hooked[2], size(cached))
+        close(cached, hooked[2], size(cached), 1e-4)
         assert torch.equal(answers, hooked[6])
 
 
@@ -551,25 +554,107 @@ def test_icv(models, memo, column):
         assert new == hooked[5]
 
 
-# --- what the bridge refuses, clearly -----------------------------------------------------------
+# --- what resumes the forward at a layer (icl_mech.resume) -------------------------------------
 
 
-@pytest.mark.embedded
-@pytest.mark.parametrize("column", [c for c in COLUMNS if "bridge" in c or TL_MAJOR >= 4])
-def test_bridge_refusals_are_clear(models, column):
+def _few_layers(model) -> list[int]:
+    n = model.cfg.n_layers
+    return sorted({0, n // 2, n - 1})
+
+
+def _function_vectors(model):
+    clean, shuffled = effect_prompts(CAPITALS, 3, n_demonstrations=2, seed=0)
+    layers = _few_layers(model)
+    batched = indirect_effects(model, clean, shuffled, layers=layers, batch_size=2)
+    naive = naive_indirect_effects(model, clean, shuffled, layers=layers, batch_size=2)
+    return batched, naive
+
+
+@columns
+def test_function_vector_heads(models, memo, column):
+    batched, naive = once(memo, models, "function_vectors", column, _function_vectors)
+    close(batched.effects, naive.effects, 1.0, 1e-4)  # the resumed forward == full forwards
+    close(batched.shuffled_probability, naive.shuffled_probability, 1.0, 1e-4)
+    hooked = partner_result(memo, models, "function_vectors", column, _function_vectors)
+    if hooked is not None:
+        close(batched.effects, hooked[0].effects, 1.0, 1e-4)
+        assert batched.forwards == hooked[0].forwards
+
+
+def _lean_saliency(model):
+    batch = batch_of(model, sentiment_prompts(2))
+    layers = _few_layers(model)
+    return saliency(model, batch, layers=layers, memory="lean"), saliency(
+        model, batch, layers=layers, memory="full"
+    )
+
+
+@columns
+def test_lean_saliency(models, memo, column):
+    lean, full = once(memo, models, "lean_saliency", column, _lean_saliency)
+    close(lean.scores, full.scores, size(full.scores), 1e-4)
+    close(lean.logits, full.logits, size(full.logits), 1e-4)
+    hooked = partner_result(memo, models, "lean_saliency", column, _lean_saliency)
+    if hooked is not None:
+        close(lean.scores, hooked[0].scores, size(lean.scores), 1e-4)
+        close(lean.logits, hooked[0].logits, size(lean.logits), 1e-4)
+
+
+@columns
+def test_resumed_forward(models, column):
+    """Every block range on a cached prefix: the stream and the logits of one full forward."""
     model = models[column]
-    if not is_bridge(model):
-        pytest.skip("a hooked model")
-    from icl_mech.anchors.positions_continued import ContinuePositions
+    batch = batch_of(model, sentiment_prompts(2))
+    tokens, mask = batch.tokens, batch.attention_mask
+    n = model.cfg.n_layers
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)]
+    capture = Capture(names, positions="all")
+    with torch.no_grad():
+        with attach(model, capture):
+            full = model(tokens, attention_mask=mask)
+        streams = [capture.activations[name] for name in names]
+        cache = KVCache.new(model, len(batch)).fill(model, tokens[:, :-1], mask[:, :-1]).freeze()
+        for start in _few_layers(model):
+            logits = forward_from(model, streams[start], start=start, attention_mask=mask)
+            close(logits, full, size(full), 1e-4)
+            if start + 1 < n:
+                out = forward_from(model, streams[start], start=start, stop=start + 1,
+                                   attention_mask=mask)  # fmt: skip
+                close(out, streams[start + 1], size(streams[start + 1]), 1e-4)
+            last = forward_from(model, streams[start][:, -1:], start=start, last_only=True,
+                                attention_mask=mask[:, -1:], cache=cache)  # fmt: skip
+            close(last, full[:, -1:], size(full), 1e-4)
+    with pytest.raises(IclMechError, match="freeze the cache"):
+        forward_from(model, streams[0][:, -1:], start=0, attention_mask=mask[:, -1:],
+                     cache=KVCache.new(model, len(batch)))  # fmt: skip
+    with pytest.raises(IclMechError, match="start=1"):
+        forward_from(model, tokens, start=1, attention_mask=mask)
+    assert not any(p.fwd_hooks for p in model.hook_dict.values())
 
-    batch = batch_of(model, sentiment_prompts(1))
-    mask = torch.ones(1, 2, dtype=torch.long)
-    item = ContinuePositions(torch.tensor([3]), torch.tensor([1]), mask)
-    with pytest.raises(IclMechError, match="continue-positions.*bridge backend"):
-        run(model, batch, item)
-    refused = r"is not available on the bridge backend .*start_at_layer"
-    with pytest.raises(IclMechError, match=r"saliency\(memory='lean'\) " + refused):
-        saliency(model, batch, memory="lean")
-    clean, shuffled = effect_prompts(CAPITALS, 2, n_demonstrations=2, seed=0)
-    with pytest.raises(IclMechError, match="function vectors " + refused):
-        indirect_effects(model, clean, shuffled)
+
+# --- positions after a compressed cache -------------------------------------------------------
+
+
+@columns
+def test_continue_positions_moves_the_query(models, column):
+    """Continuing at the prompt's own positions changes nothing; moving them changes logits."""
+    model = models[column]
+    prompts = sentiment_prompts(2, shared=True)
+    cache, queries, batch = encode_shared(model, prompts)
+    wide = cache.expand(len(queries))
+    mask = queries.attention_mask
+    with torch.no_grad():
+        own = answer(model, cache, queries)
+    assert not any(p.fwd_hooks for p in model.hook_dict.values())
+    item = ContinuePositions(wide.length, wide.length - wide.kept, mask)
+    with torch.no_grad(), attach(model, item):
+        again = forward_from(
+            model, queries.tokens, start=0, attention_mask=mask, cache=wide.for_model(model)
+        )
+    close(again[:, -1], own, size(own), 1e-4)
+    shifted = ContinuePositions(wide.length + 7, wide.length - wide.kept + 7, mask)
+    with torch.no_grad(), attach(model, shifted):
+        far = forward_from(
+            model, queries.tokens, start=0, attention_mask=mask, cache=wide.for_model(model)
+        )
+    assert not torch.allclose(far[:, -1], own, atol=1e-3)

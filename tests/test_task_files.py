@@ -33,7 +33,9 @@ def _csv(path, rows, fields=("input", "output")):
 
 
 @pytest.mark.parametrize(
-    "write,suffix", [(_json, ".json"), (_jsonl, ".jsonl"), (_csv, ".csv")], ids=str
+    "write,suffix",
+    [(_json, ".json"), (_jsonl, ".jsonl"), (_csv, ".csv")],
+    ids=["json", "jsonl", "csv"],
 )
 def test_the_three_formats_give_the_same_task(tmp_path, write, suffix):
     task = tasks.from_file(write(tmp_path / f"upper{suffix}", ROWS))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from icl_mech import IclMechError, PromptBatch, attach, make, run, tasks, tiny_model
+from icl_mech import Capture, IclMechError, PromptBatch, attach, make, run, tasks, tiny_model
 from icl_mech.activations import last_token_states
 from icl_mech.batching import batched
 from icl_mech.icl_prompt import ICLPrompt
@@ -59,8 +59,12 @@ def _zero_shot_batch(model, task, n=5, offset=30):
 
 
 def _resid_after(model, tokens, mask, layer):
-    """Independent reference: the residual after ``layer`` without any hook."""
-    return model(tokens, attention_mask=mask, stop_at_layer=layer + 1)
+    """Independent reference: the residual after ``layer``, read in one full forward."""
+    point = f"blocks.{layer}.hook_resid_post"
+    capture = Capture(point, positions="all")
+    with attach(model, capture):
+        model(tokens, attention_mask=mask)
+    return capture.activations[point]
 
 
 def test_theta_equals_mean_of_unhooked_states(tiny, task):

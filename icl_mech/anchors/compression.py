@@ -10,8 +10,8 @@ the model holds each key pre-rotated by (true - counted) positions and ``Continu
 rotates the query's queries and keys by its gap (rotations compose); with learned positions it
 overwrites the query's ``hook_pos_embed``. Keeping every entry reproduces the full prompt.
 On the bridge the cache is the Hugging Face model's: keys are stored after the rotary embedding,
-at their full-prompt positions (``ContextCache.rotated``), and the query runs with its true
-``position_ids``; no hook moves positions (see :class:`icl_mech.kv_cache.KVCache`).
+at their full-prompt positions (``ContextCache.rotated``), and ``ContinuePositions`` hands the
+query's attention the rotary tables of its true positions (see :class:`icl_mech.kv_cache.KVCache`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from icl_mech.anchors.positions_continued import (
 from icl_mech.anchors.readout import unembed
 from icl_mech.backends import (
     backend_of,
-    is_bridge,
-    keep_last,
     sliding_window,
     unsupported,
 )
@@ -41,6 +39,7 @@ from icl_mech.icl_prompt import ROLES
 from icl_mech.kv_cache import KVCache
 from icl_mech.padding import left_pad_rows
 from icl_mech.prompt_batch import PromptBatch
+from icl_mech.resume import forward_from
 
 ANCHOR_ROLES = ("bos", "template", "label", "separator")  # label words + formatting tokens
 LABEL_ROLES = ("label",)  # the paper's Hidden_anchor: the label words' states only
@@ -213,7 +212,7 @@ def encode_context(model, context: Tokens, *items) -> ContextCache:
     cache = KVCache.new(model, len(context))
     mask = context.attention_mask
     with torch.no_grad(), attach(model, *items):  # the blocks fill the cache; skip the unembed
-        cache.forward(model, context.tokens, mask, **_no_unembedding(model))
+        cache.fill(model, context.tokens, mask)
     keys, values, _ = cache.entries()
     positions = (mask.cumsum(1) - 1).clamp(min=0) * mask
     per_entry = (
@@ -224,12 +223,6 @@ def encode_context(model, context: Tokens, *items) -> ContextCache:
         context.classes.clone(),
     )
     return ContextCache(keys, values, *per_entry, signature(model), cache.rotated)
-
-
-def _no_unembedding(model) -> dict:
-    if is_bridge(model):
-        return keep_last(model)  # the bridge's forward does not stop before the unembedding
-    return {"stop_at_layer": model.cfg.n_layers}
 
 
 def encode_shared(model, prompts) -> tuple[ContextCache, Tokens, PromptBatch]:
@@ -246,17 +239,10 @@ def answer(model, cache: ContextCache, queries: Tokens, *items, every_position=F
     cache = cache.expand(len(queries))
     past, mask = cache.for_model(model), queries.attention_mask
     _check_window(model, cache, queries)
-    if is_bridge(model):  # positions as position_ids: the cached keys already hold theirs
-        true = cache.length[:, None] + (mask.cumsum(1) - 1).clamp(min=0)
-        # the bridge hands its inputs to the Hugging Face model as they are: put them on its device
-        tokens, mask, true = (t.to(model.cfg.device) for t in (queries.tokens, mask, true))
-        last = {} if every_position else keep_last(model)
-        with attach(model, *items):
-            out = past.forward(model, tokens, mask, position_ids=true, **last)
-        return out if every_position else out[:, -1]
     end = None if every_position else model.cfg.n_layers  # else: unembed the last token only
+    tokens, mask = queries.tokens.to(model.cfg.device), mask.to(model.cfg.device)
     with attach(model, ContinuePositions(cache.length, cache.length - cache.kept, mask), *items):
-        out = past.forward(model, queries.tokens, mask, stop_at_layer=end)
+        out = forward_from(model, tokens, start=0, stop=end, attention_mask=mask, cache=past)
     return out if every_position else unembed(model, out[:, -1])
 
 

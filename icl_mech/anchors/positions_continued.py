@@ -6,7 +6,9 @@ missing from the cache (``rotate``) or overwriting learned position embeddings. 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from jaxtyping import Float, Int
@@ -55,21 +57,48 @@ class ContinuePositions(Intervention):
 
     def specs(self, model, batch):
         check_positions_supported(model)
-        if is_bridge(model):
-            raise unsupported(
-                "continue-positions",
-                model,
-                "the bridge runs the Hugging Face model's attention, which takes the query's "
-                "positions as position_ids (answer() passes them); no hook moves them",
-            )
+        if is_bridge(model) and model.cfg.positional_embedding_type == "rotary":
+            return self._bridge_tables(model)
         if model.cfg.positional_embedding_type == "standard":
             return [HookSpec("hook_pos_embed", lambda x, hook: self._embed(model, x))]
         names = points(model, "attn.hook_rot_q") + points(model, "attn.hook_rot_k")
         return [HookSpec(name, lambda x, hook: self._rotate(model, x, hook.name)) for name in names]
 
+    def _true_positions(self, device) -> Int[Tensor, "batch q_len"]:
+        mask = self.query_mask.to(device)
+        return self.start.to(device)[:, None] + (mask.cumsum(1) - 1).clamp(min=0)
+
+    def _bridge_tables(self, model) -> list[HookSpec]:
+        """The bridge's attention takes the rotary tables it is handed (``hook_cos``,
+        ``hook_sin``): hand every layer the tables of the query's true positions, made by the
+        model's own rotary embedding (per layer type where layers differ, as in Gemma 3)."""
+        base = model.original_model.get_decoder()
+        rotary = getattr(base, "rotary_emb", None)
+        if rotary is None:
+            raise unsupported("continue-positions", model, "no rotary_emb module was found")
+        rotary = getattr(rotary, "original_component", None) or rotary
+        layer_types = getattr(base.config, "layer_types", None)
+        typed = "layer_type" in inspect.signature(rotary.forward).parameters
+        tables: dict = {}
+
+        def table(layer: int, which: int, x: Tensor, hook) -> Tensor:
+            kind = layer_types[layer] if typed and layer_types else None
+            if kind not in tables:
+                true = self._true_positions(x.device)
+                probe = torch.zeros(1, dtype=x.dtype, device=x.device)
+                extra = (kind,) if typed else ()
+                tables[kind] = rotary(probe, true, *extra)
+            return tables[kind][which].to(x.dtype)
+
+        specs = []
+        for which, suffix in enumerate(("attn.hook_cos", "attn.hook_sin")):
+            for layer, name in enumerate(points(model, suffix)):
+                specs.append(HookSpec(name, partial(table, layer, which)))
+        return specs
+
     def _embed(self, model, pos_embed: Float[Tensor, "batch q d_model"]) -> Tensor:
         mask = self.query_mask.to(pos_embed.device)
-        true = self.start.to(mask.device)[:, None] + (mask.cumsum(1) - 1).clamp(min=0)
+        true = self._true_positions(mask.device)
         if int(true.max()) >= model.cfg.n_ctx:
             raise IclMechError(f"query reaches position {int(true.max())} >= n_ctx")
         return model.pos_embed.W_pos[true] * mask[:, :, None]

@@ -22,10 +22,10 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from icl_mech import validate
-from icl_mech.backends import is_bridge, last_logits, unsupported
 from icl_mech.errors import IclMechError
-from icl_mech.hooks import attach, resume
+from icl_mech.hooks import attach
 from icl_mech.prompt_batch import PromptBatch
+from icl_mech.resume import forward_from
 
 Anchors = Literal["all", "first"]
 ANCHORS = ("all", "first")
@@ -73,11 +73,9 @@ def target_logits(
     """Logits at each row's target q, with ``items`` attached for the forward.
 
     With ``start_at_layer`` the forward resumes from ``residual`` (the stream entering that
-    layer, e.g. captured at ``blocks.{L}.hook_resid_pre``); hooks before that layer do not run
-    (on the bridge, a full forward overwrites that stream: the same logits, hooks before that
-    layer run). Stays in the autograd graph when gradients are enabled.
+    layer, e.g. captured at ``blocks.{L}.hook_resid_pre``; see ``resume.forward_from``).
+    Stays in the autograd graph when gradients are enabled.
     """
-    n_layers = model.cfg.n_layers
     if start_at_layer is not None and (
         residual is None or residual.shape[:2] != batch.tokens.shape
     ):
@@ -86,29 +84,17 @@ def target_logits(
             f"resuming at layer {start_at_layer} needs the residual stream of the batch "
             f"[{len(batch)}, {batch.seq_len}, d_model], got {shape}"
         )
-    if is_bridge(model):
-        # the bridge's forward is the Hugging Face model's: no start_at_layer, and stopping
-        # before the unembedding does not stop; the same numbers come from a full forward with
-        # the stream overwritten where the hooked model would resume, read at the last token
-        if not bool((batch.targets == batch.seq_len - 1).all()):
-            raise unsupported("target_logits", model, "the target q must be the last token")
-        resumed = () if start_at_layer is None else (resume(model, start_at_layer, residual),)
-        with attach(model, *resumed, *items, batch=batch):
-            return last_logits(model, batch.tokens, batch.attention_mask)
+    stream = batch.tokens if start_at_layer is None else residual
     with attach(model, *items, batch=batch):
-        if start_at_layer is None:
-            stream = model(
-                batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=n_layers
-            )
-        else:
-            stream = model(
-                residual,
-                start_at_layer=start_at_layer,
-                attention_mask=batch.attention_mask,
-                stop_at_layer=n_layers,
-            )
-        at_target = stream[torch.arange(len(batch)), batch.targets.to(stream.device)]
-        return unembed(model, at_target)
+        stream = forward_from(
+            model,
+            stream,
+            start=start_at_layer or 0,
+            stop=model.cfg.n_layers,
+            attention_mask=batch.attention_mask,
+        )
+    at_target = stream[torch.arange(len(batch)), batch.targets.to(stream.device)]
+    return unembed(model, at_target)
 
 
 def unembed(model, residual: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch vocab"]:

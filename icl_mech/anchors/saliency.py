@@ -41,11 +41,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icl_mech import validate
-from icl_mech.backends import is_bridge, unsupported
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import HookSpec, Probe, attach, points, register
 from icl_mech.layout import linear_layout
 from icl_mech.prompt_batch import PromptBatch
+from icl_mech.resume import forward_from
 
 from .readout import check_layers, require_label_words, target_logits, unembed
 from .row_groups import crop_rows, length_groups
@@ -170,12 +170,6 @@ def saliency(
     validate.choice(memory, "saliency memory", MEMORY)
     if torch.is_inference_mode_enabled():
         raise IclMechError("saliency cannot run inside torch.inference_mode(); use no_grad instead")
-    if memory == "lean" and is_bridge(model):
-        raise unsupported(
-            "saliency(memory='lean')",
-            model,
-            "it resumes the forward at each block (start_at_layer); use memory='full'",
-        )
     validate.batch(model, batch)
     order = SaliencyProbe(layers, heads).order(model)
     groups = [list(range(len(batch)))] if items else length_groups(model, batch)
@@ -224,7 +218,7 @@ def _lean(model, batch: PromptBatch, items, probe: SaliencyProbe, gold) -> _Part
         for layer, name in zip(below, points(model, "hook_resid_pre", below))
     ]
     with torch.no_grad(), attach(model, *keep, *items, batch=batch):
-        inputs[top] = model(batch.tokens, attention_mask=mask, stop_at_layer=top)
+        inputs[top] = forward_from(model, batch.tokens, start=0, stop=top, attention_mask=mask)
     found: dict[int, Tensor] = {}
     grad = None
     with torch.enable_grad():
@@ -237,7 +231,7 @@ def _lean(model, batch: PromptBatch, items, probe: SaliencyProbe, gold) -> _Part
                 for layer, name in zip(probed, points(model, "attn.hook_pattern", probed))
             ]
             with attach(model, *items, *keep_patterns, batch=batch):
-                out = model(stream, start_at_layer=start, stop_at_layer=stop, attention_mask=mask)
+                out = forward_from(model, stream, start=start, stop=stop, attention_mask=mask)
             if stop == n_layers:
                 at_q = out[torch.arange(len(batch)), batch.targets.to(out.device)]
                 logits = unembed(model, at_q)

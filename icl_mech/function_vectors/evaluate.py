@@ -38,7 +38,6 @@ from icl_mech.evaluation import scored_hits
 from icl_mech.function_vectors.indirect import (
     effect_prompts,
     indirect_effects,
-    require_hooked,
     shuffle_labels,
 )
 from icl_mech.function_vectors.results import (
@@ -110,7 +109,6 @@ def check_prompt_pool(task: Task, settings: Settings) -> None:
 def evaluate_task(
     model, task: Task, settings: Settings = DEFAULT_SETTINGS, progress: bool = False
 ) -> FunctionVectorResult:
-    require_hooked(model)
     scoring.check_answers(model, task)
     check_prompt_pool(task, settings)
     check_k(model, settings)
@@ -214,7 +212,6 @@ def evaluate(
 ) -> FunctionVectorResults:
     """``evaluate_task`` for every task (names, task files or ``Task``s); every task's size and
     answers are checked before any forward."""
-    require_hooked(model)
     tasks = [resolve(t) for t in tasks]
     for task in tasks:
         scoring.check_answers(model, task)

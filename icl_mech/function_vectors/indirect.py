@@ -34,7 +34,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from icl_mech import scoring, validate
-from icl_mech.backends import is_bridge, unsupported
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
 from icl_mech.function_vectors.effects import IndirectEffect
@@ -44,8 +43,9 @@ from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.interventions import Capture
 from icl_mech.prompt_batch import PromptBatch
 from icl_mech.prompts import Demonstration, Task
+from icl_mech.resume import forward_from
 from icl_mech.task_vectors.extract import sample_sets
-from icl_mech.task_vectors.sweep import prefix_cache, repeat_cache
+from icl_mech.task_vectors.sweep import prefix_cache
 
 
 def shuffle_labels(
@@ -78,20 +78,7 @@ def effect_prompts(
     return clean, shuffled
 
 
-def require_hooked(model) -> None:
-    """Function vectors resume the forward at a layer for the last token alone; refuse a
-    TransformerBridge before any work rather than fail inside it."""
-    if is_bridge(model):
-        raise unsupported(
-            "function vectors",
-            model,
-            "the batched indirect effect resumes the forward at each layer (start_at_layer), "
-            "which TransformerBridge does not provide; load the model with backend='hooked'",
-        )
-
-
 def _check_prompts(model, clean, shuffled) -> Task:
-    require_hooked(model)
     if len(clean) == 0 or len(shuffled) == 0:
         raise IclMechError(
             f"indirect effect: {len(clean)} clean and {len(shuffled)} shuffled prompts; give "
@@ -177,15 +164,12 @@ def _batch_probabilities(
     steps = last.shape[1]
     with torch.no_grad():
         cache = prefix_cache(model, batch)
-        cache.freeze()
         capture = Capture(names, positions="all")
         with attach(model, capture):
-            logits = model(last, attention_mask=torch.ones_like(last), past_kv_cache=cache)
+            logits = cache.forward(model, last, torch.ones_like(last))
         unpatched = scoring.logit_probability(logits, gold)
-        repeated = repeat_cache(cache, n_heads)  # [(head batch), ...]
-        repeated.freeze()
-        ones = torch.ones(n_heads * size, steps, dtype=repeated.previous_attention_mask.dtype)
-        mask = torch.cat([repeated.previous_attention_mask, ones], dim=1)
+        repeated = cache.repeat(n_heads)  # [(head batch), ...]
+        ones = torch.ones(n_heads * size, steps, dtype=torch.long)
         copy_of_row = einops.repeat(torch.arange(n_heads), "head -> (head batch)", batch=size)
         at_prompt = torch.zeros(n_heads * size, steps, dtype=torch.bool)  # its last token only
         patched = torch.empty(len(layers), n_heads, size)
@@ -201,8 +185,8 @@ def _batch_probabilities(
                 head=n_heads,
             )
             with attach(model, *items):
-                logits = model(
-                    residual, start_at_layer=layer, attention_mask=mask, past_kv_cache=repeated
+                logits = forward_from(
+                    model, residual, start=layer, attention_mask=ones, cache=repeated
                 )
             probability = scoring.logit_probability(logits, list(gold) * n_heads)
             patched[i] = einops.rearrange(probability, "(head batch) -> head batch", head=n_heads)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from icl_mech.errors import IclMechError
 from icl_mech.gd.data import RegressionBatch, RegressionTasks
 from icl_mech.gd.model import LinearSelfAttentionModel
-from icl_mech.models import torch_threads
+from icl_mech.threads import run_threads
 
 Monitor = Callable[[LinearSelfAttentionModel], dict[str, float]]
 
@@ -84,14 +84,17 @@ def train(
     monitor: Monitor | None = None,
 ) -> TrainingRun:
     """Train in place with Adam and a cosine learning-rate decay; fully determined by the
-    model's initial weights and `config.seed`. At step 0, every `eval_every` steps and at the
-    end, the loss on fixed held-out tasks and whatever `monitor(model)` returns are recorded."""
+    model's initial weights, `config.seed` and the thread count. At step 0, every `eval_every`
+    steps and at the end, the loss on fixed held-out tasks and whatever `monitor(model)`
+    returns are recorded.
+    Intra-op threads: the run's count inside a reproduction, else the default policy
+    (:func:`icl_mech.threads.default_threads`)."""
     if (tasks.d_in, tasks.d_out) != (model.cfg.d_in, model.cfg.d_out):
         raise IclMechError(
             f"tasks have (d_in, d_out) = ({tasks.d_in}, {tasks.d_out}) but the model was built "
             f"for ({model.cfg.d_in}, {model.cfg.d_out})"
         )
-    with torch_threads(1):
+    with run_threads(None):
         return _train(model, tasks, config, monitor)
 
 

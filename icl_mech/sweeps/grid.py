@@ -70,7 +70,8 @@ class Cell:
             "task": self.task,
             "seed": self.seed,
             "table": self.table,
-            "settings": self.settings.as_dict(),
+            # the thread count changes speed, not results: a cell is the same at any count
+            "settings": {k: v for k, v in self.settings.as_dict().items() if k != "threads"},
         }
         return config | ({"load": dict(self.load)} if self.load else {})
 

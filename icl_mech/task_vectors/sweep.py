@@ -1,16 +1,14 @@
 """The layer sweep: patch the query's last token at every layer, from one cached prefix.
 
 Patching the last token cannot change the keys and values of the earlier tokens, so the
-query's prefix runs once (filling a TransformerLens key/value cache). The patched last tokens
+query's prefix runs once (filling a key/value cache). The patched last tokens
 then climb a staircase: the rows patched after block ``l`` enter the batch there, with the
 patched residual as their input (``θ``, or the unpatched residual plus ``strength·θ``), and every
 block runs once over the rows that have entered, against the prefix cache repeated to their
 number. Each row runs only the blocks above its layer: the least compute of an exact sweep
 (see ``benchmarks/task_vectors.py``). ``naive_sweep_logits`` (one full patched forward per
-layer, through registry items) is the reference it must equal. On the bridge (no
-``start_at_layer``) each group's pass runs the last token through every layer against the same
-cached prefix, with registry row-masked ``Patch``/``AddVector`` items: the same numbers, less
-saving.
+layer, through registry items) is the reference it must equal. Both backends climb the same
+staircase (:func:`icl_mech.resume.forward_from` runs one block on either).
 
 ``forced_sweep_logits`` appends tokens after the last one (teacher forcing, for answers that
 start with whitespace-only tokens, :mod:`icl_mech.scoring`): they climb the same staircase
@@ -28,15 +26,13 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from icl_mech.backends import is_bridge, keep_last
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import attach, points, run
-from icl_mech.interventions import AddVector, Capture, Patch
+from icl_mech.interventions import Capture
 from icl_mech.kv_cache import KVCache
 from icl_mech.prompt_batch import PromptBatch
+from icl_mech.resume import forward_from
 from icl_mech.task_vectors.patching import SUFFIX, AddToResidual, ReplaceResidual
 from icl_mech.task_vectors.vector import Mode
 
@@ -86,10 +82,7 @@ def _sweep(model, batch, vectors, mode, layers, strength, groups, forced) -> Ten
         raise IclMechError(f"groups must be between 1 and {len(layers)} layers, got {groups}")
     chunks = [c.tolist() for c in torch.arange(len(layers)).tensor_split(groups)]
     with torch.no_grad():
-        if is_bridge(model):
-            return _bridge_sweep(model, batch, last, rows, layers, chunks, mode, strength)
         cache = prefix_cache(model, batch)
-        cache.freeze()
         entering = _entering_rows(model, last, cache, rows, layers, mode, strength)
         out = [_staircase(model, cache, [entering[i] for i in chunk], [layers[i] for i in chunk])
                for chunk in chunks]  # fmt: skip
@@ -137,45 +130,10 @@ def _validate(model, batch, vectors, mode, layers) -> tuple[list[int], Tensor]:
     return layers, vectors.to(model.cfg.device, model.cfg.dtype)
 
 
-def _bridge_sweep(model, batch, last, rows, layers, chunks, mode, strength) -> Tensor:
-    """The sweep on the bridge: the prefix cached once (``KVCache``), then per group one pass of
-    the last token, repeated per layer, against it."""
+def prefix_cache(model, batch: PromptBatch) -> KVCache:
+    """The frozen key/value cache of every token of the batch but the last."""
     cache = KVCache.new(model, len(batch))
-    if batch.seq_len > 1:
-        cache.forward(model, batch.tokens[:, :-1], batch.attention_mask[:, :-1], **keep_last(model))
-    cache.freeze()
-    out = []
-    for chunk in chunks:
-        chosen, n_layers, size = [layers[i] for i in chunk], len(chunk), len(batch)
-        values = einops.rearrange(rows[:, chunk], "batch layer d_model -> (layer batch) d_model")
-        items = [
-            _layer_item(name, values, _block_mask(i, n_layers, size, last.shape[1]), mode, strength)
-            for i, name in enumerate(points(model, SUFFIX, chosen))
-        ]
-        tokens = einops.repeat(last, "batch step -> (layer batch) step", layer=n_layers)
-        keep = keep_last(model) if last.shape[1] == 1 else {}
-        with attach(model, *items):
-            logits = cache.repeat(n_layers).forward(model, tokens, torch.ones_like(tokens), **keep)
-        out.append(
-            einops.rearrange(
-                logits[:, -last.shape[1] :],
-                "(layer batch) step vocab -> layer batch step vocab",
-                layer=n_layers,
-            )
-        )
-    return torch.cat(out)
-
-
-def prefix_cache(model, batch: PromptBatch) -> TransformerLensKeyValueCache:
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(batch))
-    if batch.seq_len > 1:
-        model(
-            batch.tokens[:, :-1],
-            attention_mask=batch.attention_mask[:, :-1],
-            past_kv_cache=cache,
-            return_type=None,
-        )
-    return cache
+    return cache.fill(model, batch.tokens[:, :-1], batch.attention_mask[:, :-1]).freeze()
 
 
 def _entering_rows(model, last, cache, rows, layers, mode, strength) -> list[Tensor]:
@@ -187,8 +145,8 @@ def _entering_rows(model, last, cache, rows, layers, mode, strength) -> list[Ten
     names = points(model, SUFFIX, layers)
     capture = Capture(names, positions="all")
     with attach(model, capture):
-        model(last, attention_mask=torch.ones_like(last), past_kv_cache=cache,
-              stop_at_layer=layers[-1] + 1)  # fmt: skip
+        forward_from(model, last, start=0, stop=layers[-1] + 1,
+                     attention_mask=torch.ones_like(last), cache=cache)  # fmt: skip
     out = []
     for i, name in enumerate(names):
         seen = capture.activations[name]  # [batch, step, d_model], unpatched
@@ -197,60 +155,25 @@ def _entering_rows(model, last, cache, rows, layers, mode, strength) -> list[Ten
     return out
 
 
-def _staircase(model, cache, entering: list[Tensor], layers: list[int]) -> Tensor:
+def _staircase(model, cache: KVCache, entering: list[Tensor], layers: list[int]) -> Tensor:
     """Logits ``[len(layers), batch, step, vocab]``: block j runs once over the rows of every
     layer below j (layer-major), against its prefix cache entry repeated to their number."""
     size, n_layers, n_steps = entering[0].shape[0], model.cfg.n_layers, entering[0].shape[1]
     residual, steps = entering[0], 1
-    previous = cache.previous_attention_mask
     for block in range(layers[0] + 1, n_layers + 1):
         copies = residual.shape[0] // size
-        mask = repeat_rows(torch.cat([previous, previous.new_ones(len(previous), n_steps)], 1),
-                           copies)  # fmt: skip
+        mask = torch.ones(len(residual), n_steps, dtype=torch.long, device=residual.device)
         if block < n_layers:
-            entry = cache.entries[block]
-            entries = list(cache.entries)
-            entries[block] = TransformerLensKeyValueCacheEntry(
-                repeat_rows(entry.past_keys, copies), repeat_rows(entry.past_values, copies), True
-            )
-            step = TransformerLensKeyValueCache(entries, repeat_rows(previous, copies), True)
-            residual = model(residual, start_at_layer=block, stop_at_layer=block + 1,
-                             attention_mask=mask, past_kv_cache=step)  # fmt: skip
+            step = cache.repeat(copies, layers=[block])
+            residual = forward_from(model, residual, start=block, stop=block + 1,
+                                    attention_mask=mask, cache=step)  # fmt: skip
         else:
-            logits = model(residual, start_at_layer=n_layers, attention_mask=mask)
+            logits = forward_from(model, residual, start=n_layers, attention_mask=mask)
         if steps < len(layers) and layers[steps] == block:
             residual, steps = torch.cat([residual, entering[steps]]), steps + 1
     return einops.rearrange(
         logits, "(layer batch) step vocab -> layer batch step vocab", batch=size
     )
-
-
-def repeat_rows(tensor: Tensor, times: int) -> Tensor:
-    """``times`` copies of the batch, copy-major: row ``c * batch + b`` is row ``b``."""
-    return einops.repeat(tensor, "batch ... -> (copies batch) ...", copies=times)
-
-
-def repeat_cache(cache: TransformerLensKeyValueCache, times: int) -> TransformerLensKeyValueCache:
-    entries = [
-        TransformerLensKeyValueCacheEntry(
-            repeat_rows(e.past_keys, times), repeat_rows(e.past_values, times)
-        )
-        for e in cache.entries
-    ]
-    return TransformerLensKeyValueCache(entries, repeat_rows(cache.previous_attention_mask, times))
-
-
-def _block_mask(index: int, n_layers: int, size: int, n_steps: int = 1) -> Tensor:
-    """Rows of block ``index``, at the prompt's last token (step 0) only."""
-    mask = torch.zeros(n_layers, size, n_steps, dtype=torch.bool)
-    mask[index, :, 0] = True
-    return einops.rearrange(mask, "layer batch step -> (layer batch) step")
-
-
-def _layer_item(name: str, values: Tensor, mask: Tensor, mode: Mode, strength: float):
-    if mode == "replace":
-        return Patch(name, values, positions=mask)
-    return AddVector(name, values, positions=mask, strength=strength)
 
 
 @dataclass
