@@ -4,9 +4,9 @@
 needed. A folder is complete when it holds the completion marker, whose manifest (size of each
 file, sha256 of the small ones) still matches, and whose safetensors files are whole.
 
-- Concurrent first use: a lock file next to the folder serialises builders, and a builder that
-  finds a complete folder after waiting uses it. Without locks (a file system that ignores
-  them) the rename may still find a rival's complete folder in place: it is accepted.
+- Concurrent first use: a lock file next to the folder (:mod:`icl_mech.locks`) serialises
+  builders, and a builder that finds a complete folder after waiting uses it. On a file system
+  that ignores locks the rename may still find a rival's complete folder in place: accepted.
 - Corruption: a complete folder whose files no longer match is rebuilt, with a warning.
 - An unwritable cache is an ``IclMechError`` naming the folder before any work starts.
 """
@@ -19,13 +19,12 @@ import logging
 import os
 import shutil
 import struct
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from icl_mech import validate
+from icl_mech import locks, validate
 
 MARKER = "icl_mech_complete.json"
 _HASHED_UP_TO = 16 * 2**20  # bytes; bigger files are checked by size (and safetensors header)
@@ -142,48 +141,12 @@ def _safetensors_whole(path: Path) -> bool:
         return False
 
 
-_thread_locks: dict[str, threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
-
-
 @contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """Exclusive lock on building ``folder``, across threads and processes; leaves no file.
-
-    The lock file ``.{name}.lock`` is removed by its holder on release; a waiter that then
-    holds the lock on a removed file notices (the path is gone or is another file) and retries.
-    """
-    with _thread_locks_guard:
-        local = _thread_locks.setdefault(str(folder.resolve()), threading.Lock())
-    with local:
-        try:
-            import fcntl  # optional: POSIX only (Windows has no fcntl)
-        except ImportError:  # Windows: threads are serialised, processes rely on the rename
-            yield
-            return
-        path = folder.with_name(f".{folder.name}.lock")
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    _log.info("waiting for another process building %s", folder)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                if _same_file(fd, path):
-                    try:
-                        yield
-                    finally:
-                        path.unlink(missing_ok=True)
-                    return
-            finally:
-                os.close(fd)
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        here = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+    """Exclusive lock on building ``folder``, across threads and processes; leaves no file
+    (``.{name}.lock``, :func:`icl_mech.locks.hold` with ``remove=True``)."""
+    path = folder.with_name(f".{folder.name}.lock")
+    if locks.is_held(path):
+        _log.info("waiting for another process building %s", folder)
+    with locks.hold(path, remove=True):
+        yield

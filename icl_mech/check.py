@@ -22,6 +22,7 @@ from icl_mech.anchors.experiment import AnalysisSettings, analyse_task
 from icl_mech.anchors.figures import flows_figure, loyalty_figure
 from icl_mech.anchors.reproduce import headline as anchor_headline
 from icl_mech.anchors.reproduce import token_pictures
+from icl_mech.atomic_output import publish, seal, staging
 from icl_mech.errors import IclMechError, unknown
 from icl_mech.evaluation import icl_accuracy
 from icl_mech.icv.evaluate import evaluate as evaluate_icv
@@ -39,7 +40,6 @@ from icl_mech.task_vectors.figures import accuracy_bars
 from icl_mech.task_vectors.reproduce import headline as task_vector_headline
 from icl_mech.task_vectors.settings import Settings as TaskVectorSettings
 from icl_mech.threads import run_threads
-from icl_mech.vector_files import dumps
 from icl_mech.verdicts import Verdict, judge, table
 from icl_mech.version import __version__
 
@@ -148,12 +148,14 @@ class ReportCard:
         return f"ReportCard({self.model!r}: {answers})"
 
     def write(self, out: str | Path) -> list[Path]:
-        """``report.json`` (settings, headlines, verdicts) and ``report.html``."""
+        """``report.json`` (settings, headlines, verdicts, ``complete`` and each file's sha256)
+        and ``report.html``, both or neither (:mod:`icl_mech.atomic_output`)."""
         out = writable_folder(out)
-        json_path, html_path = out / "report.json", out / "report.html"
-        json_path.write_text(dumps(self.record(), indent=1) + "\n")
-        html_path.write_text(self.html())
-        return [json_path, html_path]
+        with staging(out) as folder:
+            (folder / "report.html").write_text(self.html())
+            seal(folder, "report.json", self.record(), ["report.html"])
+            publish(folder, out, "report.json")
+        return [out / "report.json", out / "report.html"]
 
 
 def check(model, settings: CheckSettings | None = None, progress: bool = True) -> ReportCard:

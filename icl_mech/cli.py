@@ -14,18 +14,19 @@ import argparse
 import os
 import platform
 import sys
+from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
 
-from icl_mech import cache_entries, models, plotting, tasks, threads
+from icl_mech import cache_entries, models, tasks, threads, validate
 from icl_mech.catalogue import kinds
 from icl_mech.check import CheckSettings
 from icl_mech.check import check as run_check
+from icl_mech.demo import run_demo
 from icl_mech.errors import IclMechError, unknown
-from icl_mech.evaluation import icl_accuracy
 from icl_mech.model_names import MODELS, check_name
 from icl_mech.models import load_model
-from icl_mech.report import ABOUT, write_index, write_table
+from icl_mech.output_lock import output_lock
 from icl_mech.runner import REPRODUCTIONS, writable_folder
 from icl_mech.runner import reproduce as run_one
 from icl_mech.settings import ONE_WORD
@@ -35,7 +36,6 @@ from icl_mech.tasks.difficulty import table as difficulty_table
 from icl_mech.version import __version__
 
 NAMES = ("anchors", "anchor-applications", "task-vectors", "function-vectors", "icv", "icl-gd")
-DEMO_TASKS = ("sentiment", "question_type", "topic", "emotion")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +109,8 @@ def _sweep_options(commands) -> None:
     parser.add_argument("--store", type=Path, default=None,
                         help="results folder (default: runs/sweeps/<grid name>)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="list the cells and their state")
+    parser.add_argument("--check-store", action="store_true",
+                        help="test the store folder's file locks and atomic rename")  # fmt: skip
 
 
 def _settings_options(parser) -> None:
@@ -196,10 +198,11 @@ def reproduce(args) -> int:
     check_name(args.model, "--model")
     outs = {name: args.out or Path("runs") / name for name in names}
 
-    for out in outs.values():
-        writable_folder(out)
-    model = _model(args.model) if any(REPRODUCTIONS[n].needs_model for n in names) else None
-    return _run(plans, model, outs)
+    with ExitStack() as locks:  # every out's lock before the model loads
+        for out in dict.fromkeys(outs.values()):
+            locks.enter_context(output_lock(writable_folder(out)))
+        model = _model(args.model) if any(REPRODUCTIONS[n].needs_model for n in names) else None
+        return _run(plans, model, outs)
 
 
 def _plans(names, overrides: list[str], quick: bool, seed: int | None) -> dict:
@@ -223,7 +226,7 @@ def _plans(names, overrides: list[str], quick: bool, seed: int | None) -> dict:
     for name, cls in classes.items():
         values = {k: cls.parse(k, text) for k, text in pairs if k in cls.keys()}
         if seed is not None:
-            values["seed"] = seed
+            values["seed"] = validate.seed(seed, "--seed")
         plans[name] = cls.quick(**values) if quick else cls.full(**values)
     return plans
 
@@ -233,12 +236,10 @@ def _model(name: str | None):
     return load_model(name)
 
 
-def _run(plans: dict, model, outs: dict, reports: list | None = None) -> int:
+def _run(plans: dict, model, outs: dict) -> int:
     for name, settings in plans.items():
         print(f"== {name} ==", flush=True)
         report = run_one(name, model, settings, out=outs[name])
-        if reports is not None:
-            reports.append(report)
         print(report.summary(), flush=True)
         files = f"{len(report.tables)} tables and {len(report.figures)} figures"
         print(f"wrote {files} to {outs[name]}", flush=True)
@@ -249,44 +250,25 @@ def check(args) -> int:
     settings = _plans(["check"], args.overrides, args.quick, args.seed)["check"]
     check_name(args.model, "--model")
     out = writable_folder(args.out)
-    model = _model(args.model)
-    card = run_check(model, settings)
-    print(f"report card of {card.model} ({card.seconds:.0f} s)")
-    print(card.table())
-    paths = card.write(out)
+    with output_lock(out):  # before the model loads: a second run into out is refused
+        card = run_check(_model(args.model), settings)
+        print(f"report card of {card.model} ({card.seconds:.0f} s)")
+        print(card.table())
+        paths = card.write(out)
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 
 def sweep(args) -> int:
-    return run_command(args.grid, args.executor, args.address, args.store, args.dry_run)
+    return run_command(args.grid, args.executor, args.address, args.store, args.dry_run,
+                       args.check_store)  # fmt: skip
 
 
 def demo(args) -> int:
     out = writable_folder(args.out)
-    seed = 0 if args.seed is None else args.seed
+    seed = 0 if args.seed is None else validate.seed(args.seed, "--seed")
     plans = {} if args.only_accuracy else _plans(list(NAMES), [], True, seed)
-    model = _model(args.model)
-    results = []
-    print(f"{'task':15s} {'0-shot':>18s} {'1-shot/class':>18s}  (64 held-out queries, 95% CI)")
-    for name in DEMO_TASKS:
-        zero, few = (
-            icl_accuracy(model, tasks.load(name), n_demonstrations=s, n_test=64, seed=seed)
-            for s in (0, 1)
-        )
-        results += [zero, few]
-        print(f"{name:15s} {zero.estimate()!s:>18s} {few.estimate()!s:>18s}", flush=True)
-    figure = plotting.accuracy_figure(results, model.cfg.model_name)
-    print(f"wrote {plotting.save_figure(figure, out, 'icl_accuracy')}")
-    frame = plotting.accuracy_frame(results).assign(model=model.cfg.model_name)
-    print(f"wrote {write_table(frame, out, 'icl_accuracy')[0]}")
-    reports: list = []
-    _run(plans, model, {name: out for name in plans}, reports)
-    what = f"{', '.join(DEMO_TASKS)}: 0-shot vs 1 demonstration per class, 64 held-out queries"
-    made = {"icl_accuracy.png": f"figure: ICL accuracy on {what}"}
-    made |= {f"icl_accuracy.{end}": f"that accuracy as a table ({end})" for end in ("csv", "md")}
-    sections = {"ICL accuracy": made} | {ABOUT[r.name].paper: r.describe() for r in reports}
-    print(f"wrote {write_index(out, f'icl-mech demo on {model.cfg.model_name}', sections)}")
+    run_demo(out, plans, seed, lambda: _model(args.model))
     return 0
 
 

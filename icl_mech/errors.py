@@ -1,6 +1,8 @@
 """The one error type of the package, and the message for a name not in a catalogue."""
 
 import difflib
+import ntpath
+import posixpath
 
 
 class IclMechError(ValueError):
@@ -22,6 +24,8 @@ def unknown(what: str, given, choices, hint: str | None = None) -> IclMechError:
     choices = [str(c) for c in choices]
     close = close_matches(given, choices)
     message = f"unknown {what} {given!r}"
+    if looks_like_path(given):
+        message += f"; a {what} is a name, never a path"
     if close:
         message += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
     if len(choices) <= 10:
@@ -34,3 +38,15 @@ def unknown(what: str, given, choices, hint: str | None = None) -> IclMechError:
 def _plural(what: str) -> str:
     last = what.split()[-1]
     return what if last.endswith("s") else what + "s"
+
+
+def looks_like_path(given) -> bool:
+    """``given`` is written as a path (a separator, ``..``, NUL, or absolute on any system): a
+    catalogue looks such a name up in its list and never joins it to a folder."""
+    if not isinstance(given, str):
+        return False
+    return (
+        any(part in given for part in ("/", "\\", "..", "\0"))
+        or posixpath.isabs(given)
+        or ntpath.isabs(given)
+    )

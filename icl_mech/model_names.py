@@ -68,12 +68,13 @@ def source(name_or_path, where: str = "load_model") -> Path | str:
     path = Path(text).expanduser()
     if (path / "config.json").is_file():
         return path
+    named = f" (a path is a model folder; a packaged model is named: {', '.join(MODELS)})"
     not_a_folder = (
         f"{where}: {text!r} is not a Hugging Face model folder (no config.json); "
-        "save one with model.save_pretrained(folder)"
+        "save one with model.save_pretrained(folder)" + named
     )
     if isinstance(name_or_path, os.PathLike) or text.startswith(("/", ".", "~", "\\")):
-        missing = f"{where}: folder {text!r} does not exist"
+        missing = f"{where}: folder {text!r} does not exist" + named
         raise IclMechError(not_a_folder if path.exists() else missing)
     official = _official()
     if text.lower() in official:

@@ -164,6 +164,7 @@ class Task:
         when only whole groups would overshoot ``n_test``, one member goes to the test part and
         its group's other members to neither part.
         """
+        seed = validate.seed(seed, f"task {self.name!r}: split seed")
         n = len(self.examples)
         if validate.is_integer(n_test) and n_test > n:
             raise IclMechError(

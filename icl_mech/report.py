@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 
 from icl_mech import display, validate
+from icl_mech.atomic_output import publish, seal, staging
 from icl_mech.plotting import figure_title, save_figure
 from icl_mech.settings import Settings
-from icl_mech.vector_files import dumps
 from icl_mech.version import __version__
 
 
@@ -67,17 +67,23 @@ class Report:
 
     def write(self, out: str | Path) -> list[Path]:
         """Tables as ``<prefix><name>.csv`` + ``.md``, figures as ``<prefix><name>.png`` and
-        ``<prefix>report.json`` (settings, headline, model, version)."""
+        ``<prefix>report.json`` (settings, headline, model, version, ``complete`` and each
+        file's sha256), all or none (:mod:`icl_mech.atomic_output`); the paths, JSON last."""
         out = writable_folder(out)
+        with staging(out) as folder:
+            self.write_into(folder)
+            return publish(folder, out, f"{ABOUT[self.name].prefix}report.json")
+
+    def write_into(self, folder: Path) -> list[Path]:
+        """``write``'s files straight into ``folder`` (a staging folder), the JSON sealed last."""
         prefix = ABOUT[self.name].prefix
         paths = []
         for name, frame in self.tables.items():
-            paths += write_table(frame, out, prefix + name)
+            paths += write_table(frame, folder, prefix + name)
         for name, figure in self.figures.items():
-            paths.append(save_figure(figure, out, prefix + name))
-        paths.append(out / f"{prefix}report.json")
-        paths[-1].write_text(dumps(self.record(), indent=1) + "\n")
-        return paths
+            paths.append(save_figure(figure, folder, prefix + name))
+        names = [path.name for path in paths]
+        return paths + [seal(folder, f"{prefix}report.json", self.record(), names)]
 
     def describe(self) -> dict[str, str]:
         """One line per file ``write`` makes: what each table, figure and the JSON holds."""
@@ -94,7 +100,9 @@ class Report:
             )
         for name, figure in self.figures.items():
             out[f"{prefix}{name}.png"] = f"figure: {figure_title(figure) or name}"
-        out[f"{prefix}report.json"] = "settings, headline numbers, model and package version"
+        out[f"{prefix}report.json"] = (
+            "settings, headline numbers, model and package version; every file's sha256"
+        )
         return out
 
     def record(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 A reproduction module holds a frozen ``Settings`` subclass (``quick()`` / ``full()``, checked in
 ``__post_init__``) and ``compute(model, settings, progress) -> Report``
 (:mod:`icl_mech.report`: tables, figures, headline). The runner adds thread setup and timing,
-and writes the report's files.
+and writes the report's files atomically under the output folder's lock.
 
 ``reproduce("anchors", quick=True, n_test=8)`` is what ``icl-mech reproduce anchors --quick
 --set n_test=8`` calls.
@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from icl_mech.anchors import reproduce as anchors
-from icl_mech.errors import IclMechError
+from icl_mech.errors import unknown
 from icl_mech.function_vectors import reproduce as function_vectors
 from icl_mech.gd import reproduce as gd
 from icl_mech.icv import reproduce as icv
 from icl_mech.models import load_model
+from icl_mech.output_lock import output_lock
 from icl_mech.report import ABOUT, About, Report, writable_folder
 from icl_mech.settings import Settings
 from icl_mech.task_vectors import reproduce as task_vectors
@@ -72,11 +74,16 @@ REPRODUCTIONS: dict[str, Reproduction] = {
 }
 
 
+def reproduction_named(name: str) -> Reproduction:
+    """The reproduction ``name`` (a key of ``REPRODUCTIONS``; a name, never a path)."""
+    if not isinstance(name, str) or name not in REPRODUCTIONS:
+        raise unknown("reproduction", name, REPRODUCTIONS)
+    return REPRODUCTIONS[name]
+
+
 def settings_for(name: str, quick: bool = False, **overrides) -> Settings:
     """The settings of reproduction ``name`` (quick or full), with ``overrides`` applied."""
-    if name not in REPRODUCTIONS:
-        raise IclMechError(f"unknown reproduction {name!r}; choose from {list(REPRODUCTIONS)}")
-    cls = REPRODUCTIONS[name].settings_class()
+    cls = reproduction_named(name).settings_class()
     return cls.quick(**overrides) if quick else cls.full(**overrides)
 
 
@@ -90,26 +97,28 @@ def reproduce(
     progress: bool = True,
     **overrides,
 ) -> Report:
-    """Run one reproduction; with ``out``, write its files there. Loads the embedded model if
-    the reproduction needs one and none is given. ``settings.threads`` None: the thread
-    policy (:mod:`icl_mech.threads`), read here before the model is loaded."""
+    """Run one reproduction; with ``out``, write its files there, all or none, one run at a
+    time (:mod:`icl_mech.atomic_output`: another run into ``out`` is refused). Loads the
+    embedded model if the reproduction needs one and none is given. ``settings.threads`` None:
+    the thread policy (:mod:`icl_mech.threads`), read here before the model is loaded."""
+    reproduction_named(name)
     if settings is None:
         settings = settings_for(name, quick, **overrides)
     elif overrides:
         settings = settings.replace(**overrides)
-    if out is not None:
-        writable_folder(out)
     reproduction = REPRODUCTIONS[name]
-    threads = threads_for(settings.threads)  # before this run adds to the load average
-    if reproduction.needs_model and model is None:
-        model = load_model()
-    start = time.perf_counter()
-    with run_threads(threads):
-        report = reproduction.compute()(model if reproduction.needs_model else None, settings,
-                                        progress=progress)  # fmt: skip
-    report.seconds = time.perf_counter() - start
-    if model is not None and reproduction.needs_model:
-        report.model = model.cfg.model_name
-    if out is not None:
-        report.write(out)
+    # out's lock from before the model loads to the written report: a second run is refused
+    with output_lock(writable_folder(out)) if out is not None else nullcontext():
+        threads = threads_for(settings.threads)  # before this run adds to the load average
+        if reproduction.needs_model and model is None:
+            model = load_model()
+        start = time.perf_counter()
+        with run_threads(threads):
+            report = reproduction.compute()(model if reproduction.needs_model else None,
+                                            settings, progress=progress)  # fmt: skip
+        report.seconds = time.perf_counter() - start
+        if model is not None and reproduction.needs_model:
+            report.model = model.cfg.model_name
+        if out is not None:
+            report.write(out)
     return report

@@ -26,8 +26,10 @@ class Settings:
     threads: int | None = None
 
     def __post_init__(self):
-        if self.threads is not None and self.threads < 1:
-            raise IclMechError(f"threads must be at least 1 (or None), got {self.threads}")
+        where = _label(type(self))
+        self._set("seed", validate.seed(self.seed, f"{where}: seed"))  # a numpy int: an int
+        if self.threads is not None:
+            self._set("threads", validate.count(self.threads, f"{where}: threads", hint=" or None"))
         self.check()
 
     def check(self) -> None:
@@ -149,6 +151,13 @@ def known(settings: Settings, name: str, available, what: str | None = None) -> 
         if value not in available:
             error = unknown(what or name.removesuffix("s").replace("_", " "), value, available)
             raise IclMechError(f"{_label(type(settings))}: {name}: {error}")
+
+
+def consecutive_seeds(settings: Settings, n_seeds: int) -> list[int]:
+    """``seed, seed + 1, ...``: ``n_seeds`` seeds (one per repetition), each a valid seed."""
+    last = settings.seed + n_seeds - 1
+    validate.seed(last, f"{_label(type(settings))}: seed + n_seeds - 1 (the last seed)")
+    return list(range(settings.seed, last + 1))
 
 
 def where(settings: Settings) -> str:

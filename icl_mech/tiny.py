@@ -27,6 +27,7 @@ def tiny_model(
     n_layers = validate.count(n_layers, "tiny_model n_layers")
     n_heads = validate.count(n_heads, "tiny_model n_heads")
     d_model = validate.count(d_model, "tiny_model d_model")
+    seed = validate.seed(seed, "tiny_model seed")
     if d_model % n_heads:
         raise IclMechError(f"tiny_model: d_model={d_model} is not a multiple of n_heads={n_heads}")
     if backends.check_backend(backend, "tiny_model") == "bridge":

@@ -7,6 +7,7 @@ to fix it. A legal but degenerate value that a researcher might mean gets an
 :class:`IclMechWarning` instead (see :func:`warn`).
 
 - :func:`count` — whole numbers (sizes, counts, ``n_ctx``);
+- :func:`seed` — random seeds, ``0 .. 2**32 - 1`` (settings, grids, ``--seed``, ``Task.split``);
 - :func:`real` — finite real numbers (``strength``, ``temperature``);
 - :func:`choice` — one of a few names;
 - :func:`layers`, :func:`layer` — layer indices of a model;
@@ -69,6 +70,15 @@ def count(value, name: str, *, minimum: int = 1, maximum: int | None = None, hin
         upper = f" and <= {maximum}" if maximum is not None else ""
         raise IclMechError(f"{name}={value} is out of range; expected >= {minimum}{upper}{hint}")
     return value
+
+
+SEED_LIMIT = 2**32  # numpy's seeds are 0 .. 2**32 - 1; every seed we take stays in that range
+
+
+def seed(value, name: str = "seed") -> int:
+    """A random seed: a whole number (not a bool) in ``0 .. 2**32 - 1``."""
+    hint = f" (a random seed: 0 .. 2**32 - 1 = {SEED_LIMIT - 1})"
+    return count(value, name, minimum=0, maximum=SEED_LIMIT - 1, hint=hint)
 
 
 def real(value, name: str, *, positive: bool = False, hint: str = "") -> float:

@@ -53,6 +53,7 @@ timed setup setup_both
 timed lint "$MAKE" --no-print-directory lint
 timed main .venv/bin/python -m pytest "${PYTEST[@]}" "${PARALLEL[@]}" \
     --ignore=tests/test_notebooks.py --ignore=tests/test_browser.py
-timed notebooks .venv/bin/python -m pytest "${PYTEST[@]}" "${PARALLEL[@]}" tests/test_notebooks.py
+# one notebook per worker as each frees up (loadfile would keep the whole file on one)
+timed notebooks .venv/bin/python -m pytest "${PYTEST[@]}" -n "$WORKERS" --dist load tests/test_notebooks.py
 timed browser .venv/bin/python -m pytest "${PYTEST[@]}" tests/test_browser.py
 timed 4.x scripts/tl4-test "${PYTEST[@]}" "${PARALLEL[@]}"

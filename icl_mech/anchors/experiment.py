@@ -64,7 +64,7 @@ class AnalysisSettings(base.Settings):
 
     @property
     def seeds(self) -> list[int]:
-        return [self.seed + i for i in range(self.n_seeds)]
+        return base.consecutive_seeds(self, self.n_seeds)
 
 
 @dataclass

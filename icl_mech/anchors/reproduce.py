@@ -213,7 +213,7 @@ class ApplicationSettings(base.Settings):
 
     @property
     def seeds(self) -> list[int]:
-        return [self.seed + i for i in range(self.n_seeds)]
+        return base.consecutive_seeds(self, self.n_seeds)
 
 
 def compute_applications(model, settings: ApplicationSettings, progress: bool = True) -> Report:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from icl_mech import validate
+from icl_mech.sweeps import store_check
 from icl_mech.sweeps.cells import CONFIG_COLUMNS, comparable
 from icl_mech.sweeps.executors import EXECUTORS, RUNNERS, check_executor
 from icl_mech.sweeps.grid import Cell, Grid
@@ -149,10 +150,14 @@ def run_command(
     address: str | None = None,
     store: str | Path | None = None,
     dry_run: bool = False,
+    check_store: bool = False,
 ) -> int:
     """``icl-mech sweep``: run the grid (or, with ``dry_run``, list its cells and their
-    state). Exit status 1 if a cell failed."""
+    state; with ``check_store``, test the store folder's locks and rename: nothing runs).
+    Exit status 1 if a cell or a check failed."""
     sweep = Sweep(grid, store, executor=executor, address=address)
+    if check_store:
+        return 0 if store_check.check_store(sweep.store.root) else 1
     if dry_run:
         status = sweep.status()
         print(f"{sweep.grid.source}: {len(status)} cells of {sweep.grid.method}, store "

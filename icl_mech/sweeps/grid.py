@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from icl_mech import model_names
+from icl_mech import model_names, validate
 from icl_mech.errors import IclMechError, unknown
 from icl_mech.prompts import Task
 from icl_mech.runner import REPRODUCTIONS
@@ -251,11 +251,8 @@ def _tasks(spec: Mapping, method: Method, name: str, source: str) -> tuple:
 
 
 def _seeds(spec: Mapping, source: str) -> tuple[int, ...]:
-    seeds = _axis(spec, "seeds", source, default=[0])
-    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int)]
-    if bad:
-        raise IclMechError(f"{source}: seeds must be whole numbers, got {bad}")
-    return tuple(seeds)
+    """Each seed checked as settings check theirs, the error naming the grid's key."""
+    return tuple(validate.seed(s, f"{source}: seeds") for s in _axis(spec, "seeds", source, [0]))
 
 
 def _overrides(values, method: Method, source: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from icl_mech.runner import REPRODUCTIONS, reproduce
+from icl_mech.runner import reproduce, reproduction_named
 from icl_mech.settings import Settings
 
 # the setting that holds a reproduction's tasks; None: it has none
@@ -39,7 +39,7 @@ def _reproduce(name: str, model, settings: Settings):
 
 def builtin_method(name: str) -> Method:
     """The reproduction ``name`` as a sweep method (imports only its own module)."""
-    reproduction = REPRODUCTIONS[name]
+    reproduction = reproduction_named(name)
     return Method(
         reproduction.settings_class(),
         functools.partial(_reproduce, name),

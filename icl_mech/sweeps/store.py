@@ -4,8 +4,10 @@ Every write goes to a temporary file in the same folder, is fsynced and then ``o
 into place, so a reader sees either no file or a whole one. A cell file carries its key, row
 count and a sha256 of its rows in the Parquet metadata; a file that cannot be read or does not
 match is corrupt: it is never returned, and the next run moves it to ``corrupt/`` and reruns
-the cell. ``<key>.lock`` (``flock``) lets one process at a time work on a cell, across threads,
-processes and sweeps sharing the store; the kernel releases it when its holder dies.
+the cell. ``<key>.lock`` (:mod:`icl_mech.locks`) lets one process at a time work on a cell,
+across threads, processes and sweeps sharing the store; the kernel releases it when its holder
+dies. A store shared between nodes needs a file system with working advisory locks and atomic
+rename (``icl-mech sweep GRID --check-store`` tests both: :mod:`icl_mech.sweeps.store_check`).
 ``<key>.running.json`` marks an attempt in progress (left behind if its process dies), and
 ``<key>.failures.json`` keeps every failed attempt with its error and traceback.
 """
@@ -13,7 +15,6 @@ processes and sweeps sharing the store; the kernel releases it when its holder d
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from icl_mech import validate
+from icl_mech import locks, validate
 from icl_mech.errors import IclMechError
 
 METADATA_KEY = b"icl_mech.cell"
@@ -151,33 +152,19 @@ class Store:
         """Hold the cell's lock inside the block (yields False if ``wait`` is off and another
         thread or process holds it)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self._file(key, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        take = locks.hold if wait else locks.try_hold
+        with contextlib.ExitStack() as stack:
             try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(descriptor, fcntl.LOCK_UN)
-        finally:
-            os.close(descriptor)
+                stack.enter_context(take(self._file(key, "lock")))
+            except locks.Busy:
+                claimed = False
+            else:
+                claimed = True
+            yield claimed
 
     def busy(self, key: str) -> bool:
         """Another thread or process is working on the cell now."""
-        try:
-            descriptor = os.open(self._file(key, "lock"), os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(descriptor)  # closing releases a lock we took
-        return False
+        return locks.is_held(self._file(key, "lock"))
 
 
 def _arrow(frame: pd.DataFrame):

@@ -14,6 +14,7 @@ import functools
 import random
 from collections.abc import Mapping
 
+from icl_mech import validate
 from icl_mech.errors import IclMechError
 from icl_mech.prompts import Task
 from icl_mech.task_vectors.extract import draw_dummies, sample_sets
@@ -40,7 +41,7 @@ def splits(
     if min(n_test, n_dev) < 1 or size - n_test - n_dev < needed:
         raise IclMechError(too_few)
     pool, test = task.split(n_test, seed)
-    train, dev = pool.split(n_dev, seed + 1)
+    train, dev = pool.split(n_dev, (seed + 1) % validate.SEED_LIMIT)  # seed 2**32 - 1 too
     if len(train.examples) < needed:  # whole pairs went with dev/test
         raise IclMechError(f"{too_few} ({len(train.examples)} left for training)")
     parts = {"train": train, "dev": dev, "test": test}

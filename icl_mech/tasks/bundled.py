@@ -1,8 +1,9 @@
 """The bundled catalogue: task names by kind, ``load(name)``, pair sets and ``load_pairs(name)``.
 
 A lookup accepts only a name the catalogue lists (a file path is never built from an unchecked
-name); a misspelt name gets a did-you-mean, and a name from the sibling catalogue (a pair set
-given to ``load``, a task given to ``load_pairs``) says which function takes it.
+name: ``"../x"``, ``"pairs/../../x"`` or ``"/etc/passwd"`` is an unknown name); a misspelt name
+gets a did-you-mean, and a name from the sibling catalogue (a pair set given to ``load``, a task
+given to ``load_pairs``) says which function takes it.
 
 Splits: every task's default split is ``"common"`` (the bundled set); some input->output tasks
 also have a ``"hard"`` split of less common words (``data/hard/<task>.jsonl``), loaded as
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from functools import cache
 from importlib import resources
 
-from icl_mech.errors import IclMechError, unknown
+from icl_mech.errors import IclMechError, looks_like_path, unknown
 from icl_mech.prompts import Demonstration, Task
 
 CLASSIFICATION: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -98,10 +99,18 @@ def split_name(name: str, split: str | None = None) -> tuple[str, str]:
     return task, split
 
 
-@cache
 def load(name: str, split: str | None = None) -> Task:
     """The bundled task ``name`` (``names()``) in ``split`` (default ``"common"``; also given as
     ``"antonym:hard"``); your own: ``from_file`` or ``resolve``."""
+    if not isinstance(name, str):
+        raise unknown("task", name, names(), hint=NAMES_HINT)
+    if split is not None and not isinstance(split, str):
+        raise IclMechError(f"task {name!r}: split={split!r} is not a split name ('hard')")
+    return _load(name, split)
+
+
+@cache
+def _load(name: str, split: str | None) -> Task:
     if is_bundled(name):
         task, split = split_name(name, split)
         if split != DEFAULT_SPLIT:
@@ -109,14 +118,14 @@ def load(name: str, split: str | None = None) -> Task:
             examples = tuple(Demonstration(r["input"], r["output"]) for r in rows)
             return Task(f"{task}:{split}", examples, IO_TEMPLATE)
         name = task
-    if not isinstance(name, str) or name not in names():
-        if isinstance(name, str) and name in pair_names():
+    if name not in names():
+        if name in pair_names():
             raise IclMechError(
                 f"{name!r} is a pair set (for in-context vectors), not a task; "
                 f"use icl_mech.tasks.load_pairs({name!r})"
             )
-        task = name.partition(":")[0] if isinstance(name, str) else name
-        raise unknown("task", task, names(), hint=NAMES_HINT)
+        shown = name if looks_like_path(name) else name.partition(":")[0]
+        raise unknown("task", shown, names(), hint=NAMES_HINT)
     if name in CLASSIFICATION:
         template, classes = CLASSIFICATION[name]
         rows = _read_jsonl(_data() / "classification" / f"{name}.jsonl")

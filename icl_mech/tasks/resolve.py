@@ -4,9 +4,10 @@
 
 - a ``Task``: itself;
 - a bundled name (``names()``), optionally with a split (``"antonym:hard"``): ``load(name)``;
-- a task file (``.csv``, ``.json``, ``.jsonl``, ``.ndjson``, or any existing file; a relative
-  path is relative to the current directory): ``from_file(path, **options)``, with the options
-  read from a **sidecar** next to it, the file's stem + ``.task.json`` (``succ.csv`` ->
+- a task file (``.csv``, ``.json``, ``.jsonl``, ``.ndjson``, or another existing file whose
+  sidecar gives its ``format``; a relative path is relative to the current directory):
+  ``from_file(path, **options)``, with the options read from a **sidecar** next to it, the
+  file's stem + ``.task.json`` (``succ.csv`` ->
   ``succ.task.json``), a JSON object of ``from_file``'s keyword arguments, e.g.
   ``{"template": "Q: {x}\\nA:", "classes": "infer", "input_key": "text"}``. Without a sidecar
   the defaults apply (an input -> output task rendered ``{x} ->``, columns input and output).
@@ -139,8 +140,18 @@ def _is_path(item) -> bool:
 def _from_path(path: Path) -> Task:
     if not path.is_file():
         where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
-        raise IclMechError(f"task file {str(path)!r} does not exist{where}")
-    return from_file(path.resolve(), **_sidecar(path))
+        raise IclMechError(
+            f"task file {str(path)!r} does not exist{where}; a bundled task is given by its name, "
+            "never a path (see icl_mech.tasks.names())"
+        )
+    options = _sidecar(path)
+    if path.suffix.lower() not in FORMATS and "format" not in options:
+        raise IclMechError(
+            f"{str(path)!r} is not a task file: its suffix {path.suffix!r} is none of "
+            f"{sorted(FORMATS)} and no sidecar {sidecar_path(path).name} gives its format; a "
+            "bundled task is given by its name, never a path (see icl_mech.tasks.names())"
+        )
+    return from_file(path.resolve(), **options)
 
 
 def _sidecar(path: Path) -> dict:
