@@ -26,6 +26,7 @@ from icl_mech.demo import run_demo
 from icl_mech.errors import IclMechError, unknown
 from icl_mech.model_names import MODELS, check_name
 from icl_mech.models import load_model
+from icl_mech.one_line_parser import OneLineParser
 from icl_mech.output_lock import output_lock
 from icl_mech.runner import REPRODUCTIONS, writable_folder
 from icl_mech.runner import reproduce as run_one
@@ -62,7 +63,7 @@ def _fail(message: str) -> int:
 
 
 def _parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="icl-mech", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="icl-mech", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, model cache, bundled tasks and hook kinds")
     demo_parser = commands.add_parser(

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 from icl_mech import validate
 from icl_mech.errors import IclMechError, unknown
 
+MAX_THREADS = 1024  # more than any CPU here; torch overflows far above
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -29,7 +31,9 @@ class Settings:
         where = _label(type(self))
         self._set("seed", validate.seed(self.seed, f"{where}: seed"))  # a numpy int: an int
         if self.threads is not None:
-            self._set("threads", validate.count(self.threads, f"{where}: threads", hint=" or None"))
+            threads = validate.count(self.threads, f"{where}: threads", maximum=MAX_THREADS,
+                                     hint=" or None")  # fmt: skip
+            self._set("threads", threads)
         self.check()
 
     def check(self) -> None:

@@ -87,9 +87,10 @@ def from_environment() -> int | None:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
+    if not 1 <= value <= 1024:
         raise IclMechError(
-            f"{ENV}={os.environ[ENV]!r} is not a thread count: expected a whole number >= 1, "
+            f"{ENV}={os.environ[ENV]!r} is not a thread count: expected a whole number from 1 "
+            "to 1024, "
             f"e.g. {ENV}=2 (or leave it unset to use the free cores)"
         )
     return value
@@ -109,8 +110,10 @@ def threads_for(setting: int | None) -> int:
     """A run's thread count: its ``threads`` setting, or :func:`default_threads` for None."""
     if setting is None:
         return default_threads()
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
-        raise IclMechError(f"threads must be a whole number >= 1 (or None), got {setting!r}")
+    if isinstance(setting, bool) or not isinstance(setting, int) or not 1 <= setting <= 1024:
+        raise IclMechError(
+            f"threads must be a whole number from 1 to 1024 (or None), got {setting!r}"
+        )
     return setting
 
 

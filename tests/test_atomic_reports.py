@@ -3,8 +3,8 @@ leaves no report or a complete one, a second run into the same folder is refused
 replaces a partial report, and ``check`` and the demo write all or nothing too."""
 
 import json
+import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,33 +20,55 @@ from icl_mech.output_lock import lock_path, output_lock
 from icl_mech.runner import Report, settings_for
 
 GD_JSON = "icl_gd_report.json"
-# icl-gd needs no language model; these sizes make a run a few seconds (tests/test_cli.py)
+# icl-gd needs no language model; these sizes make a run a second or two (tests/test_cli.py)
 GD_SETS = dict(linear_steps=20, linear_batch=64, kernel_steps=20, kernel_batch=64,
                eval_every=10, monitor_tasks=32, test_tasks=64, threads=1)  # fmt: skip
-# the CLI in a subprocess, every rename of the swap slowed so that kills also land inside it
+# the CLI in a child process (``argv``, output to ``log``), each rename of the swap slowed so
+# that kills land inside the swap too
 SLOW_SWAP = """
-import os, sys, time
+import os, sys, threading, time
+import tqdm
+sys.stdout = sys.stderr = open(log, "a", buffering=1)
+tqdm.tqdm.set_lock(threading.RLock())  # not tqdm's semaphore, which a killed run would leak
 from icl_mech import cli
 rename = os.replace
 def slow(source, target):
-    time.sleep(0.15)
+    time.sleep(0.1)
     rename(source, target)
 os.replace = slow
-sys.exit(cli.main(sys.argv[1:]))
+sys.exit(cli.main(argv))
 """
-# the CLI in a subprocess whose icl-gd waits (holding the lock) until the file argv[1] exists
+# the CLI in a child process whose icl-gd waits (holding the lock) until the file ``gate`` exists
 GATED = """
 import dataclasses, sys, time
 from pathlib import Path
+sys.stdout = sys.stderr = open(log, "a", buffering=1)
 from icl_mech import cli, runner
-gate, reproduction = Path(sys.argv[1]), runner.REPRODUCTIONS["icl-gd"]
+reproduction = runner.REPRODUCTIONS["icl-gd"]
 def gated(*args, **kwargs):
-    while not gate.exists():
+    while not Path(gate).exists():
         time.sleep(0.05)
     return reproduction.run(*args, **kwargs)
 runner.REPRODUCTIONS["icl-gd"] = dataclasses.replace(reproduction, run=gated)
-sys.exit(cli.main(sys.argv[2:]))
+sys.exit(cli.main(argv))
 """
+
+
+@pytest.fixture(scope="module")
+def forks():
+    """Child processes forked from a server that imported icl_mech once (a fresh interpreter
+    per run would spend seconds importing torch)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no forkserver start method here (Windows)")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["icl_mech.cli"])
+    return context
+
+
+def start(forks, code: str, log: Path, **names) -> multiprocessing.Process:
+    process = forks.Process(target=exec, args=(code, {"log": str(log), **names}))
+    process.start()
+    return process
 
 
 def gd_command(out: Path) -> list[str]:
@@ -54,13 +76,7 @@ def gd_command(out: Path) -> list[str]:
     return ["reproduce", "icl-gd", "--quick", "--out", str(out), *sets]
 
 
-def start(script: str, *args, cwd: Path) -> subprocess.Popen:
-    with open(cwd / f"run-{time.monotonic_ns()}.log", "w") as log:  # the child's output
-        return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=cwd,
-                                stdout=log, stderr=log)  # fmt: skip
-
-
-def wait_for_lock(process: subprocess.Popen, out: Path, timeout: float = 90) -> float:
+def wait_for_lock(process: multiprocessing.Process, out: Path, timeout: float = 90) -> float:
     """When ``process`` holds ``out``'s lock (its pid is in the lock file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,8 +85,8 @@ def wait_for_lock(process: subprocess.Popen, out: Path, timeout: float = 90) -> 
                 return time.monotonic()
         except FileNotFoundError:
             pass
-        assert process.poll() is None, f"the run ended ({process.returncode}) before locking"
-        time.sleep(0.01)
+        assert process.is_alive(), f"the run ended ({process.exitcode}) before locking"
+        time.sleep(0.005)
     raise AssertionError(f"no lock on {out} after {timeout} s")
 
 
@@ -87,43 +103,57 @@ def staged_leftovers(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.partial-*"))
 
 
-def test_a_killed_reproduction_leaves_no_report_or_a_complete_one(tmp_path):
-    out = tmp_path / "icl_gd"
-    reference = start(SLOW_SWAP, *gd_command(out), cwd=tmp_path)
+def test_a_killed_reproduction_leaves_no_report_or_a_complete_one(tmp_path, forks):
+    out, log = tmp_path / "icl_gd", tmp_path / "runs.log"
+    reference = start(forks, SLOW_SWAP, log, argv=gd_command(out))
     locked = wait_for_lock(reference, out)
-    assert reference.wait(timeout=120) == 0
-    duration = time.monotonic() - locked  # the run after its lock: train, write, swap
+    reference.join(timeout=120)
+    duration = time.monotonic() - locked  # the run after taking its lock: train, write, swap
+    assert reference.exitcode == 0, log.read_text()[-2000:]
     assert report_state(out) == "complete"
     delays = [duration * f for f in (0.05, 0.3, 0.55, 0.75, 0.88, 0.95, 0.99)]
     states = []
     for delay in delays:
-        process = start(SLOW_SWAP, *gd_command(out), cwd=tmp_path)
+        process = start(forks, SLOW_SWAP, log, argv=gd_command(out))
         time.sleep(max(0.0, wait_for_lock(process, out) + delay - time.monotonic()))
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        process.kill()  # SIGKILL
+        process.join(timeout=30)
         states.append(report_state(out))  # raises on a partial report
-    print(f"delays {[round(d, 2) for d in delays]} s after the lock: {states}")
-    rerun = subprocess.run([sys.executable, "-m", "icl_mech.cli", *gd_command(out)],
-                           cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
-    assert rerun.returncode == 0, rerun.stderr
+    print(f"killed {[round(d, 2) for d in delays]} s after the lock: {states}")
+    rerun = start(forks, SLOW_SWAP, log, argv=gd_command(out))
+    rerun.join(timeout=120)
+    assert rerun.exitcode == 0, log.read_text()[-2000:]
     verify_report(out)
     assert not staged_leftovers(out) and not lock_path(out).exists()
 
 
-def test_a_second_run_into_the_same_folder_is_refused(tmp_path, monkeypatch, capsys):
-    out, gate = tmp_path / "shared", tmp_path / "go"
-    first = start(GATED, gate, *gd_command(out), cwd=tmp_path)
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path, forks):
+    out, gate, log = tmp_path / "shared", tmp_path / "go", tmp_path / "first.log"
+    first = start(forks, GATED, log, argv=gd_command(out), gate=str(gate))
     wait_for_lock(first, out)
-    monkeypatch.setattr(cli, "_model", lambda name: pytest.fail("model loaded before the lock"))
-    assert cli.main(["reproduce", "anchors", "--quick", "--out", str(out)]) == 2
-    error = capsys.readouterr().err
-    assert len(error.splitlines()) == 1 and "Traceback" not in error
-    assert str(out) in error and f"pid {first.pid}" in error and "another icl-mech run" in error
+    second = subprocess.run([sys.executable, "-m", "icl_mech.cli", *gd_command(out)],
+                            cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert second.returncode == 2 and len(second.stderr.splitlines()) == 1, second.stderr
+    assert second.stderr.startswith("icl-mech: error: output folder")
+    assert str(out) in second.stderr and f"pid {first.pid}" in second.stderr
     assert report_state(out) == "none"
     gate.touch()
-    assert first.wait(timeout=120) == 0
+    first.join(timeout=120)
+    assert first.exitcode == 0, log.read_text()[-2000:]
     verify_report(out)
     assert not lock_path(out).exists()
+
+
+def test_the_lock_is_taken_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+
+    def load(name):
+        assert lock_path(out).exists(), "the model was loaded before the lock"
+        raise IclMechError("no model here")
+
+    monkeypatch.setattr(cli, "_model", load)
+    assert cli.main(["reproduce", "anchors", "--quick", "--out", str(out)]) == 2
+    assert "no model here" in capsys.readouterr().err and not lock_path(out).exists()
 
 
 def test_the_lock_is_reentrant_in_one_run_and_released_on_an_error(tmp_path):
@@ -208,7 +238,7 @@ def test_check_writes_both_files_or_neither(tmp_path, monkeypatch, capsys):
     verify_report(out)
 
     def lock_held(name):
-        assert lock_path(out).exists(), "the model was loaded before the lock"
+        assert list(tmp_path.glob(".*.lock")), "the model was loaded before the lock"
         return "model"
 
     def broken(self):
