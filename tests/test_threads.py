@@ -120,7 +120,8 @@ def test_the_command_line_reports_a_bad_environment_value(monkeypatch, capsys):
     monkeypatch.setenv(threads.ENV, "many")
     assert main(["info"]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("icl-mech: error: ICL_MECH_THREADS='many'") and "from 1 to 1024" in error
+    assert error.startswith("icl-mech: error: ICL_MECH_THREADS='many'")
+    assert "from 1 to 1024" in error
 
 
 def test_check_and_reproductions_have_the_same_default():
