@@ -53,7 +53,7 @@ timed setup setup_both
 timed lint "$MAKE" --no-print-directory lint
 timed main .venv/bin/python -m pytest "${PYTEST[@]}" "${PARALLEL[@]}" \
     --ignore=tests/test_notebooks.py --ignore=tests/test_browser.py
-# one notebook per worker as each frees up (loadfile would keep the whole file on one)
-timed notebooks .venv/bin/python -m pytest "${PYTEST[@]}" -n "$WORKERS" --dist load tests/test_notebooks.py
+# notebooks spread over the workers, an idle one taking the next (loadfile would keep them on one)
+timed notebooks .venv/bin/python -m pytest "${PYTEST[@]}" -n "$WORKERS" --dist worksteal tests/test_notebooks.py
 timed browser .venv/bin/python -m pytest "${PYTEST[@]}" tests/test_browser.py
 timed 4.x scripts/tl4-test "${PYTEST[@]}" "${PARALLEL[@]}"
