@@ -34,7 +34,6 @@ import inspect
 from collections.abc import Callable, Sequence
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from icl_mech import validate
@@ -155,12 +154,6 @@ def finite_padding_rows(model) -> list[tuple[str, Callable]]:
 # --- forward passes -------------------------------------------------------------------------
 
 
-def last_logits(model, tokens, attention_mask, **forward) -> Float[Tensor, "batch vocab"]:
-    """Logits at the last position (the target under left padding), from the bridge's own
-    forward; only the last position goes through the unembedding where the model allows."""
-    return model(tokens, attention_mask=attention_mask, **forward, **keep_last(model))[:, -1]
-
-
 def keep_last(model) -> dict:
     """Forward arguments that unembed the last position only (the bridge's Hugging Face model
     takes ``logits_to_keep``; the hooked model stops before the unembedding instead)."""
@@ -201,7 +194,6 @@ __all__ = [
     "hook_pairs",
     "is_bridge",
     "keep_last",
-    "last_logits",
     "sliding_window",
     "unsupported",
 ]

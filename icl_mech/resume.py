@@ -31,7 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icl_mech import validate
-from icl_mech.backends import is_bridge, keep_last
+from icl_mech.backends import is_bridge
 from icl_mech.errors import IclMechError
 from icl_mech.kv_cache import KVCache
 
@@ -52,15 +52,13 @@ def forward_from(
     attention_mask: Int[Tensor, "batch pos"],
     stop: int | None = None,
     cache: KVCache | None = None,
-    last_only: bool = False,
 ) -> Tensor:
     """Blocks ``start`` to ``stop - 1`` on ``residual`` (the stream entering block ``start``).
 
     ``residual`` may be token ids with ``start=0`` (the embedding runs as usual). Returns the
-    stream entering block ``stop`` (``stop = n_layers``: before the final norm), or,
-    without ``stop``, the logits (``last_only``: at the last position only, ``[batch, 1,
-    vocab]``). ``attention_mask`` covers the positions of ``residual``; a frozen ``cache`` holds
-    the earlier positions, which they attend to. Gradients flow when enabled."""
+    stream entering block ``stop`` (``stop = n_layers``: before the final norm), or, without
+    ``stop``, the logits. ``attention_mask`` covers the positions of ``residual``; a frozen
+    ``cache`` holds the earlier positions, which they attend to. Gradients flow when enabled."""
     n_layers = model.cfg.n_layers
     start = validate.count(start, "forward_from start", minimum=0, maximum=n_layers)
     if stop is not None:
@@ -87,7 +85,7 @@ def forward_from(
     if stop == start and not tokens:
         return residual
     if is_bridge(model):
-        return _bridge(model, residual, start, stop, attention_mask, cache, last_only, tokens)
+        return _bridge(model, residual, start, stop, attention_mask, cache, tokens)
     forward = (
         {"stop_at_layer": stop} if tokens else {"start_at_layer": start, "stop_at_layer": stop}
     )
@@ -96,11 +94,10 @@ def forward_from(
         forward["past_kv_cache"] = cache.hooked_entries
         if not tokens:  # TransformerLens prepends the cached mask to a token forward's own
             mask = torch.cat([cache.entries()[2].to(mask), mask], dim=1)
-    out = model(residual, attention_mask=mask, **forward)
-    return out[:, -1:] if stop is None and last_only else out
+    return model(residual, attention_mask=mask, **forward)
 
 
-def _bridge(model, residual, start, stop, mask, cache, last_only, tokens) -> Tensor:
+def _bridge(model, residual, start, stop, mask, cache, tokens) -> Tensor:
     stage = list(model.blocks) + [model.ln_final]  # stage n_layers: the final norm
     taken: list[Tensor] = []
     overrides = {}
@@ -113,20 +110,19 @@ def _bridge(model, residual, start, stop, mask, cache, last_only, tokens) -> Ten
         overrides[start] = partial(_fed, _own_forward(stage[start]), residual)
     if stop is not None:  # the stream reaching stage stop ends the forward
         overrides[stop] = partial(_take, taken)
-    forward = keep_last(model) if last_only else {}
     try:
         with _overridden({stage[i]: fn for i, fn in overrides.items()}):
             if cache is None:
-                out = model(placeholders, attention_mask=mask, **forward)
+                out = model(placeholders, attention_mask=mask)
             else:
-                out = cache.forward(model, placeholders, mask, **forward)
+                out = cache.forward(model, placeholders, mask)
     except _Stopped:
         return taken[0]
     if stop is not None:
         raise IclMechError(
             f"forward_from: block {stop} was never reached on {model.cfg.model_name}"
         )
-    return out[:, -1:] if last_only else out
+    return out
 
 
 @contextmanager

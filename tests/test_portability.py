@@ -621,7 +621,7 @@ def test_resumed_forward(models, column):
                 out = forward_from(model, streams[start], start=start, stop=start + 1,
                                    attention_mask=mask)  # fmt: skip
                 close(out, streams[start + 1], size(streams[start + 1]), 1e-4)
-            last = forward_from(model, streams[start][:, -1:], start=start, last_only=True,
+            last = forward_from(model, streams[start][:, -1:], start=start,
                                 attention_mask=mask[:, -1:], cache=cache)  # fmt: skip
             close(last, full[:, -1:], size(full), 1e-4)
     with pytest.raises(IclMechError, match="freeze the cache"):
