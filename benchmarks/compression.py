@@ -19,9 +19,9 @@ import _results
 from icl_mech import load_model, tasks
 from icl_mech.anchors.compression_experiment import time_per_query
 from icl_mech.icl_prompt import ICLPrompt
-from icl_mech.models import torch_threads
 from icl_mech.prompt_batch import PromptBatch
 from icl_mech.prompts import Demonstration
+from icl_mech.threads import torch_threads
 
 # paper task -> (bundled task, L_demo, L_x, paper speed-up on GPT2-XL)
 PAPER = {

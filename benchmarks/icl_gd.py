@@ -14,7 +14,7 @@ import pandas as pd
 
 from icl_mech.gd.experiments import kernelised_experiment, linear_experiment
 from icl_mech.gd.settings import Settings
-from icl_mech.models import torch_threads
+from icl_mech.threads import torch_threads
 
 LOSS_TOLERANCE = 0.01
 MIN_COSINE = 0.99

@@ -17,7 +17,7 @@ import torch
 from icl_mech import load_model, tasks
 from icl_mech.activations import last_token_states
 from icl_mech.icv import ICVSteering, extract_icv, generate
-from icl_mech.models import torch_threads
+from icl_mech.threads import torch_threads
 
 ROUNDS = 5
 PROMPTS = [

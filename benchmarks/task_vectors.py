@@ -21,8 +21,8 @@ import torch
 
 from icl_mech import PromptBatch, load_model, tasks
 from icl_mech.icl_prompt import ICLPrompt
-from icl_mech.models import torch_threads
 from icl_mech.task_vectors import extract, naive_sweep_logits, sample_sets, sweep_logits
+from icl_mech.threads import torch_threads
 
 GOAL = 0.85  # of the compute floor's speed-up
 

@@ -28,14 +28,20 @@ import importlib.metadata
 import io
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from icl_mech import backends, bridge_loading, cache, hooked_loading, model_names, validate
+from icl_mech import (
+    backends,
+    bridge_loading,
+    cache,
+    hooked_loading,
+    model_names,
+    threads,
+    validate,
+)
 from icl_mech.cache import cache_dir
 from icl_mech.cache_keys import build_keyed, file_sha256, model_key
 from icl_mech.errors import IclMechError
@@ -178,6 +184,9 @@ def load_model(
     stores the weights in the order ``F.linear`` reads them, so no forward copies them: the
     same values and shapes (see :mod:`icl_mech.layout`; ``.contiguous()`` a tensor before
     saving it with safetensors).
+
+    Loading sets torch's intra-op threads by the package's one policy
+    (:func:`icl_mech.threads.apply_policy`: ``ICL_MECH_THREADS``, else the free cores).
     """
     backend = backends.check_backend(backend)
     device = validate.device(device)
@@ -192,6 +201,7 @@ def load_model(
     n_devices = validate.n_devices(n_devices, device)
     how = dict(device=device, dtype=dtype, n_ctx=n_ctx, n_devices=n_devices)
     how.update(backend=backend, linear_layout=bool(linear_layout))
+    threads.apply_policy()
     known = model_names.canonical(name_or_path)
     if known == model_names.EMBEDDED:
         return _load_folder(embedded_folder(), name=EMBEDDED_NAME, how=how, prepend_bos=False)
@@ -259,23 +269,6 @@ def _load_folder(
     return model
 
 
-@contextmanager
-def torch_threads(n: int | None = 1) -> Iterator[None]:
-    """Run the block with ``n`` intra-op CPU threads (None: unchanged), restored afterwards.
-
-    On a CPU shared with other busy processes one thread per process is often several times
-    faster than two threads fighting for the cores. A run's ``threads`` setting goes through
-    :func:`icl_mech.threads.run_threads` instead, where None means the default policy (the
-    free cores or ``ICL_MECH_THREADS``), not "unchanged"."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 __all__ = [
     "EMBEDDED_NAME",
     "GEMMA_NAME",
@@ -288,5 +281,4 @@ __all__ = [
     "load_model",
     "tiny_model",
     "tiny_tokenizer",
-    "torch_threads",
 ]

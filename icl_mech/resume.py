@@ -157,3 +157,16 @@ def _take(taken: list, hidden_states, *args, **kwargs):
 
 
 __all__ = ["forward_from"]
+
+
+def unembed(model, residual: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch vocab"]:
+    """Final norm, unembedding and logit soft-cap, as the model's own forward applies them."""
+    x = residual[:, None, :]
+    if getattr(model.cfg, "normalization_type", None) is not None:
+        x = model.ln_final(x)
+    # x @ W_U directly: the unembed module copies the transposed [d_model, vocab] matrix per call
+    logits = x[:, 0] @ model.W_U + model.b_U
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits

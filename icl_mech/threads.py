@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+import torch
+
 from icl_mech.errors import IclMechError
-from icl_mech.models import torch_threads
 
 ENV = "ICL_MECH_THREADS"
 
@@ -148,5 +149,33 @@ __all__ = [
     "free_cores",
     "from_environment",
     "run_threads",
+    "apply_policy",
     "threads_for",
+    "torch_threads",
 ]
+
+
+def apply_policy() -> int:
+    """Set torch's intra-op threads to :func:`default_threads` (``load_model`` and
+    ``tiny_model`` do, so a library call outside a run follows the same policy as every
+    command; ``torch.set_num_threads`` afterwards overrides it). Returns the count."""
+    count = default_threads()
+    torch.set_num_threads(count)
+    return count
+
+
+@contextmanager
+def torch_threads(n: int | None = 1) -> Iterator[None]:
+    """Run the block with ``n`` intra-op CPU threads (None: unchanged), restored afterwards.
+
+    On a CPU shared with other busy processes one thread per process is often several times
+    faster than two threads fighting for the cores. A run's ``threads`` setting goes through
+    :func:`icl_mech.threads.run_threads` instead, where None means the default policy (the
+    free cores or ``ICL_MECH_THREADS``), not "unchanged"."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

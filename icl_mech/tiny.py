@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from icl_mech import backends, bridge_loading, validate
+from icl_mech import backends, bridge_loading, threads, validate
 from icl_mech.errors import IclMechError
 from icl_mech.tiny_tokenizer import tiny_tokenizer
 
@@ -28,6 +28,7 @@ def tiny_model(
     n_heads = validate.count(n_heads, "tiny_model n_heads")
     d_model = validate.count(d_model, "tiny_model d_model")
     seed = validate.seed(seed, "tiny_model seed")
+    threads.apply_policy()
     if d_model % n_heads:
         raise IclMechError(f"tiny_model: d_model={d_model} is not a multiple of n_heads={n_heads}")
     if backends.check_backend(backend, "tiny_model") == "bridge":

@@ -30,8 +30,8 @@ from icl_mech.anchors.readout import target_logits
 from icl_mech.evaluation import build_prompts
 from icl_mech.hooks import points
 from icl_mech.icl_prompt import ROLES, ICLPrompt
-from icl_mech.models import torch_threads
 from icl_mech.stats import bootstrap
+from icl_mech.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from icl_mech.anchors.diagnosis import (
 )
 from icl_mech.anchors.readout import target_logits
 from icl_mech.icl_prompt import ICLPrompt
-from icl_mech.models import torch_threads
+from icl_mech.threads import torch_threads
 
 CLASSES = ("a", "b", "c", "d")
 

@@ -20,9 +20,9 @@ from icl_mech.anchors.compression_experiment import (
 from icl_mech.anchors.readout import target_logits
 from icl_mech.anchors.reweighting_experiment import ALL_TASKS, GAIN
 from icl_mech.evaluation import build_prompts
-from icl_mech.models import torch_threads
 from icl_mech.report import plain
 from icl_mech.runner import reproduce
+from icl_mech.threads import torch_threads
 
 TINY_RUN = dict(
     tasks=("sentiment",), n_test=4, n_seeds=1, epochs=1, n_draws=2, timing_queries=1, rounds=1,

@@ -24,8 +24,8 @@ from icl_mech.anchors.reweighting_experiment import (
 from icl_mech.evaluation import build_prompts
 from icl_mech.hooks import points
 from icl_mech.icl_prompt import ICLPrompt
-from icl_mech.models import torch_threads
 from icl_mech.stats import bootstrap, paired
+from icl_mech.threads import torch_threads
 
 TASK = tasks.load("sentiment")
 

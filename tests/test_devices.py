@@ -34,8 +34,8 @@ from icl_mech.evaluation import build_prompts
 from icl_mech.function_vectors.heads import CaptureHeads, PatchHeads
 from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.icv import ICV, ICVSteering
-from icl_mech.models import torch_threads
 from icl_mech.task_vectors.patching import AddToResidual, ReplaceResidual
+from icl_mech.threads import torch_threads
 
 TASK = tasks.load("sentiment")
 RESID = "blocks.1.hook_resid_post"

@@ -31,10 +31,10 @@ from icl_mech.function_vectors.evaluate import demonstrations_of
 from icl_mech.function_vectors.figures import accuracy_bars, indirect_effect_map, layer_curves
 from icl_mech.function_vectors.results import CONDITIONS
 from icl_mech.icl_prompt import ICLPrompt
-from icl_mech.models import torch_threads
 from icl_mech.plotting import save_figure
 from icl_mech.prompts import Demonstration
 from icl_mech.runner import reproduce
+from icl_mech.threads import torch_threads
 
 TOL = 1e-5
 

@@ -27,8 +27,8 @@ from icl_mech.gd import (
 )
 from icl_mech.gd.construct import constructed_like
 from icl_mech.gd.data import make_generator
-from icl_mech.models import torch_threads
 from icl_mech.runner import reproduce
+from icl_mech.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)

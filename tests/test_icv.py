@@ -21,7 +21,7 @@ from icl_mech.icv import (
     generate,
     steer,
 )
-from icl_mech.models import torch_threads
+from icl_mech.threads import torch_threads
 
 PAIRS = tasks.load_pairs("negative_positive")[:6]
 PROMPTS = ["The food was", "Our hotel room", "The service at this place was slow and"]

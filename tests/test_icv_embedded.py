@@ -15,7 +15,7 @@ from icl_mech.icv import (
     text_metrics,
     worked_example,
 )
-from icl_mech.models import torch_threads
+from icl_mech.threads import torch_threads
 
 pytestmark = pytest.mark.embedded
 

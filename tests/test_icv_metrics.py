@@ -13,8 +13,8 @@ from icl_mech.icv import paraphrase_prompt, text_metrics
 from icl_mech.icv.evaluate import first_line, split_pairs, style_scores
 from icl_mech.icv.results import StyleEvaluation
 from icl_mech.icv.settings import Settings
-from icl_mech.models import torch_threads
 from icl_mech.report import markdown
+from icl_mech.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)

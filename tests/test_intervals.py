@@ -208,8 +208,8 @@ def test_task_vector_beats_zero_shot_on_city_language(embedded):
     split (34 queries: a third of the task) the two 95% intervals must not overlap, nor may the
     paired gain include zero."""
     from icl_mech import tasks
-    from icl_mech.models import torch_threads
     from icl_mech.task_vectors import Settings, evaluate
+    from icl_mech.threads import torch_threads
 
     protocol = Settings(n_dev=12, n_test=48, max_new_tokens=1, test_curves=False)
     with torch_threads(1):

@@ -23,7 +23,7 @@ from icl_mech.icv import ICVSteering, extract_icv, generate
 from icl_mech.icv.steering import unit
 from icl_mech.interventions import AddVector
 from icl_mech.layout import lay_out, linear_layout
-from icl_mech.models import torch_threads
+from icl_mech.threads import torch_threads
 
 saliency_module = sys.modules["icl_mech.anchors.saliency"]
 generation_module = sys.modules["icl_mech.icv.generation"]

@@ -15,11 +15,11 @@ from icl_mech.function_vectors import Settings as FvSettings
 from icl_mech.function_vectors import effect_prompts, indirect_effects, naive_indirect_effects
 from icl_mech.function_vectors import evaluate as fv_evaluate
 from icl_mech.icl_prompt import ICLPrompt
-from icl_mech.models import torch_threads
 from icl_mech.prompt_batch import PromptBatch
 from icl_mech.task_vectors import AddToResidual, ReplaceResidual, greedy, sweep_hits
 from icl_mech.task_vectors import Settings as TvSettings
 from icl_mech.task_vectors import evaluate as tv_evaluate
+from icl_mech.threads import torch_threads
 
 MONTHS = "January February March April May June July August September October November December"
 

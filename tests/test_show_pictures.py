@@ -27,7 +27,6 @@ from icl_mech.anchors.isolation import IsolateLabelWords, IsolateRandomWords, ra
 from icl_mech.backends import is_bridge
 from icl_mech.evaluation import build_prompts
 from icl_mech.icv import ICVSteering, extract_icv
-from icl_mech.models import torch_threads
 from icl_mech.runner import reproduce
 from icl_mech.show import (
     accuracy_heatmap,
@@ -44,6 +43,7 @@ from icl_mech.show.sites import CHANGED_BACKGROUND
 from icl_mech.show.tokens import _visible
 from icl_mech.task_vectors import TaskVector
 from icl_mech.task_vectors.lens import theta_lens
+from icl_mech.threads import torch_threads
 
 CURVES = Path(__file__).parent.parent / "figures" / "task_vectors_curves.csv"
 PROMPTS = ["The food was", "Our hotel room was small, the staff", "A film that"]

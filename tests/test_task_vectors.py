@@ -10,7 +10,6 @@ from icl_mech import Capture, IclMechError, PromptBatch, attach, make, run, task
 from icl_mech.activations import last_token_states
 from icl_mech.batching import batched
 from icl_mech.icl_prompt import ICLPrompt
-from icl_mech.models import torch_threads
 from icl_mech.runner import reproduce
 from icl_mech.task_vectors import (
     AddToResidual,
@@ -29,6 +28,7 @@ from icl_mech.task_vectors import (
 )
 from icl_mech.task_vectors.evaluate import prepare, splits
 from icl_mech.task_vectors.figures import accuracy_bars, conflict_bars, layer_curves
+from icl_mech.threads import torch_threads
 
 TOL = 1e-4
 

@@ -5,7 +5,6 @@ import torch
 
 from icl_mech import IclMechError, PromptBatch, tasks
 from icl_mech.icl_prompt import ICLPrompt
-from icl_mech.models import torch_threads
 from icl_mech.task_vectors import (
     Settings,
     TaskVector,
@@ -15,6 +14,7 @@ from icl_mech.task_vectors import (
     sample_sets,
     sweep_logits,
 )
+from icl_mech.threads import torch_threads
 
 pytestmark = pytest.mark.embedded
 

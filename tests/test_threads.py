@@ -18,9 +18,9 @@ from icl_mech.errors import IclMechError
 from icl_mech.gd.data import RegressionTasks
 from icl_mech.gd.model import LinearSelfAttentionModel, LSAConfig
 from icl_mech.gd.train import TrainConfig, train
-from icl_mech.models import torch_threads
 from icl_mech.report import ABOUT
 from icl_mech.runner import REPRODUCTIONS, Reproduction
+from icl_mech.threads import torch_threads
 
 
 class Machine:

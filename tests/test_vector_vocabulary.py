@@ -13,10 +13,10 @@ from icl_mech.function_vectors.vector import FunctionVector
 from icl_mech.hooks import HookSpec
 from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.icv import ICVSteering, extract_icv
-from icl_mech.models import torch_threads
 from icl_mech.task_vectors import Settings as TaskVectorSettings
 from icl_mech.task_vectors import draw_dummies, extract, mean_difference
 from icl_mech.task_vectors.patching import AddToResidual, ReplaceResidual
+from icl_mech.threads import torch_threads
 
 ANTONYM = tasks.load("antonym")
 SENTIMENT = tasks.load("sentiment")

@@ -15,9 +15,9 @@ from icl_mech.batching import TextBatch, batched
 from icl_mech.hooks import points
 from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.icv import ICV, extract_icv
-from icl_mech.models import torch_threads
 from icl_mech.padding import pad_token_id
 from icl_mech.task_vectors import TaskVector, draw_dummies, extract, mean_difference
+from icl_mech.threads import torch_threads
 from icl_mech.vector_files import HEADER_KEY
 
 PAIRS = tasks.load_pairs("negative_positive")[:5]

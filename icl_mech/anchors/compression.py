@@ -27,7 +27,6 @@ from icl_mech.anchors.positions_continued import (
     check_positions_supported,
     rotate,
 )
-from icl_mech.anchors.readout import unembed
 from icl_mech.backends import (
     backend_of,
     sliding_window,
@@ -39,7 +38,7 @@ from icl_mech.icl_prompt import ROLES
 from icl_mech.kv_cache import KVCache
 from icl_mech.padding import left_pad_rows
 from icl_mech.prompt_batch import PromptBatch
-from icl_mech.resume import forward_from
+from icl_mech.resume import forward_from, unembed
 
 ANCHOR_ROLES = ("bos", "template", "label", "separator")  # label words + formatting tokens
 LABEL_ROLES = ("label",)  # the paper's Hidden_anchor: the label words' states only

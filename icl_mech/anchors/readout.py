@@ -25,7 +25,7 @@ from icl_mech import validate
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import attach
 from icl_mech.prompt_batch import PromptBatch
-from icl_mech.resume import forward_from
+from icl_mech.resume import forward_from, unembed
 
 Anchors = Literal["all", "first"]
 ANCHORS = ("all", "first")
@@ -95,19 +95,6 @@ def target_logits(
         )
     at_target = stream[torch.arange(len(batch)), batch.targets.to(stream.device)]
     return unembed(model, at_target)
-
-
-def unembed(model, residual: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch vocab"]:
-    """Final norm, unembedding and logit soft-cap, as the model's own forward applies them."""
-    x = residual[:, None, :]
-    if getattr(model.cfg, "normalization_type", None) is not None:
-        x = model.ln_final(x)
-    # x @ W_U directly: the unembed module copies the transposed [d_model, vocab] matrix per call
-    logits = x[:, 0] @ model.W_U + model.b_U
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    if cap > 0:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
 
 
 def concat_examples(parts: Sequence, *fields: str):

@@ -28,8 +28,7 @@ per-forward copies of them are neither made nor kept in the graph; the same numb
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -42,12 +41,13 @@ from torch import Tensor
 
 from icl_mech import validate
 from icl_mech.errors import IclMechError
+from icl_mech.gradients import frozen_parameters, track_gradients
 from icl_mech.hooks import HookSpec, Probe, attach, points, register
 from icl_mech.layout import linear_layout
 from icl_mech.prompt_batch import PromptBatch
-from icl_mech.resume import forward_from
+from icl_mech.resume import forward_from, unembed
 
-from .readout import check_layers, require_label_words, target_logits, unembed
+from .readout import check_layers, require_label_words, target_logits
 from .row_groups import crop_rows, length_groups
 
 HeadReduction = Literal["abs-of-sum", "sum-of-abs"]
@@ -57,25 +57,6 @@ MEMORY = ("full", "lean")
 # memory="lean" keeps the graph of the top 1/LEAN_TOP_FRACTION of the blocks from its first pass
 # (they are not recomputed); the others are recomputed one at a time
 LEAN_TOP_FRACTION = 6
-
-
-def _track_gradients(stream: Tensor, hook) -> Tensor | None:
-    if not torch.is_grad_enabled():
-        return None
-    return stream.detach().requires_grad_(True)
-
-
-@contextmanager
-def frozen_parameters(model) -> Iterator[None]:
-    """Parameters do not require grad inside the block; their flags are restored on exit."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for parameter, _ in flags:
-            parameter.requires_grad_(False)
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
 
 
 @register("saliency")
@@ -96,7 +77,7 @@ class SaliencyProbe(Probe):
             raise IclMechError(f"heads must be 'abs-of-sum' or 'sum-of-abs', got {self.heads!r}")
         layers = self._order = self.order(model)
         self.patterns = {}
-        specs = [HookSpec(points(model, "hook_resid_pre", [0])[0], _track_gradients)]
+        specs = [HookSpec(points(model, "hook_resid_pre", [0])[0], track_gradients)]
         for layer, name in zip(layers, points(model, "attn.hook_pattern", layers)):
             specs.append(HookSpec(name, partial(self._keep, layer)))
         return specs

@@ -27,13 +27,15 @@ class IndirectEffect:
     effects: Float[Tensor, "prompt layer head"] = field(repr=False)
     shuffled_probability: Float[Tensor, " prompt"] = field(repr=False)  # unpatched
     n_clean: int
-    forwards: int = 0  # forward passes run to compute it
+    forwards: int = 0  # forward passes run to compute it (a backward counts as two)
+    method: str = "exact"  # or "attribution": the first-order estimate of every effect
 
     def __repr__(self) -> str:
         best = ", ".join(f"L{layer}H{head}" for layer, head in self.top(3))
         return (
             f"IndirectEffect(task={self.task!r}, layers={self.layers[0]}..{self.layers[-1]}, "
-            f"heads={self.n_heads}, prompts={self.n_prompts}, top=[{best}])"
+            f"heads={self.n_heads}, prompts={self.n_prompts}, method={self.method!r}, "
+            f"top=[{best}])"
         )
 
     @property

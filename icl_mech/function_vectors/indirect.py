@@ -36,6 +36,7 @@ from tqdm import tqdm
 from icl_mech import scoring, validate
 from icl_mech.batching import batched
 from icl_mech.errors import IclMechError
+from icl_mech.function_vectors import attribution
 from icl_mech.function_vectors.effects import IndirectEffect
 from icl_mech.function_vectors.heads import PatchHeads, mean_head_outputs
 from icl_mech.hooks import attach, points
@@ -46,6 +47,8 @@ from icl_mech.prompts import Demonstration, Task
 from icl_mech.resume import forward_from
 from icl_mech.task_vectors.extract import sample_sets
 from icl_mech.task_vectors.sweep import prefix_cache
+
+METHODS = ("exact", "attribution")
 
 
 def shuffle_labels(
@@ -100,9 +103,13 @@ def indirect_effects(
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
     progress: bool | str = False,
+    method: str = "exact",
 ) -> IndirectEffect:
     """The indirect effect of every head of ``layers`` (default: all), batched and cached (see
-    the module docstring for the forward count)."""
+    the module docstring for the forward count). ``method="attribution"``: its first-order
+    estimate from one forward and one backward per batch (:mod:`.attribution`, which says
+    what it misses)."""
+    method = validate.choice(method, "indirect_effects method", METHODS)
     task = _check_prompts(model, clean, shuffled)
     layers = validate.layers(model, layers, "indirect_effects layers")
     validate.count(batch_size, "indirect_effects batch_size")
@@ -113,19 +120,23 @@ def indirect_effects(
     forwards = math.ceil(len(clean) / batch_size)
     label = progress if isinstance(progress, str) else f"indirect effect {task.name}"
     groups = list(batched(model, shuffled, batch_size))
+    scored = _batch_probabilities if method == "exact" else attribution.batch_estimates
+    per_pass = len(layers) + 1 if method == "exact" else attribution.PASSES - 1
     for index, batch in tqdm(groups, desc=label, disable=not progress, leave=False):
         unpatched, patched, passes = _scored_probabilities(
-            model, batch, [gold[i] for i in index], means, layers
+            model, batch, [gold[i] for i in index], means, layers, scored
         )
         base[index] = unpatched
         effects[index] = einops.rearrange(
             patched - unpatched, "layer head batch -> batch layer head"
         )
-        forwards += passes * (len(layers) + 1 + (batch.seq_len > 1))
-    return IndirectEffect(task.name, tuple(layers), means, effects, base, len(clean), forwards)
+        forwards += passes * (per_pass + (batch.seq_len > 1))
+    return IndirectEffect(
+        task.name, tuple(layers), means, effects, base, len(clean), forwards, method
+    )
 
 
-def _scored_probabilities(model, batch: PromptBatch, gold, means, layers) -> tuple:
+def _scored_probabilities(model, batch: PromptBatch, gold, means, layers, scored) -> tuple:
     """(unpatched, patched, cached passes): the batch as one, or, for its rows whose answers
     start with whitespace-only tokens, once more on their own with those tokens appended."""
     bare, passes = scoring.bare_rows(gold), 0
@@ -135,15 +146,13 @@ def _scored_probabilities(model, batch: PromptBatch, gold, means, layers) -> tup
     )
     if len(bare) < len(gold):
         first = [scoring.Gold(g.answer, (), g.content) for g in gold]  # bare rows: replaced
-        unpatched, patched = _batch_probabilities(model, batch, first, means, layers)
+        unpatched, patched = scored(model, batch, first, means, layers)
         passes += 1
     if bare:
         chosen = [gold[i] for i in bare]
         forced = scoring.forced_tokens(chosen)
         sub = scoring.subset(batch, bare)
-        unpatched[bare], patched[:, :, bare] = _batch_probabilities(
-            model, sub, chosen, means, layers, forced
-        )
+        unpatched[bare], patched[:, :, bare] = scored(model, sub, chosen, means, layers, forced)
         passes += 1
     return unpatched, patched, passes
 
