@@ -13,10 +13,12 @@ from icl_mech import interventions, show
 from icl_mech.anchors import aucroc, isolation, positions_continued, reweighting, saliency
 from icl_mech.anchors import figures as anchor_figures
 from icl_mech.function_vectors import heads
+from icl_mech.head_roles import ablation
 from icl_mech.hooks import kinds, make
 from icl_mech.icv import figures as icv_figures
 from icl_mech.icv import steering
 from icl_mech.show import report_card, tokens
+from icl_mech.show import residual_map as residual_map_picture
 from icl_mech.task_vectors import figures as task_vector_figures
 from icl_mech.task_vectors import patching
 
@@ -28,9 +30,18 @@ KIND_MODULES = (
     reweighting,
     saliency,
     heads,
+    ablation,
     steering,
     patching,
 )
-PICTURE_MODULES = (show, tokens, report_card, anchor_figures, task_vector_figures, icv_figures)
+PICTURE_MODULES = (
+    show,
+    tokens,
+    report_card,
+    anchor_figures,
+    task_vector_figures,
+    icv_figures,
+    residual_map_picture,
+)
 
 __all__ = ["KIND_MODULES", "PICTURE_MODULES", "kinds", "make"]

@@ -36,7 +36,15 @@ from icl_mech.tasks import label
 from icl_mech.tasks.difficulty import table as difficulty_table
 from icl_mech.version import __version__
 
-NAMES = ("anchors", "anchor-applications", "task-vectors", "function-vectors", "icv", "icl-gd")
+NAMES = (
+    "anchors",
+    "anchor-applications",
+    "task-vectors",
+    "function-vectors",
+    "head-roles",
+    "icv",
+    "icl-gd",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,13 +58,18 @@ def predict(model, batch: PromptBatch, *items) -> torch.Tensor:
 
 
 def scored_hits(
-    model, batch: PromptBatch, golds: Sequence[scoring.Gold], first: list[int] | None = None
+    model,
+    batch: PromptBatch,
+    golds: Sequence[scoring.Gold],
+    first: list[int] | None = None,
+    items: Sequence = (),
 ) -> list[bool]:
-    """Correct rows of an unpatched batch by the scoring rule: one plain forward (as
-    ``predict``; its argmax appended to ``first`` if given), then the rows that start with bare
-    tokens once more, teacher-forced (:mod:`icl_mech.scoring`)."""
+    """Correct rows of a batch by the scoring rule, with ``items`` attached (registry kinds;
+    none: unpatched): one forward (as ``predict``; its argmax appended to ``first`` if given),
+    then the rows that start with bare tokens once more, teacher-forced
+    (:mod:`icl_mech.scoring`)."""
     bare = scoring.bare_rows(golds)
-    predicted = predict(model, batch).cpu()
+    predicted = predict(model, batch, *items).cpu()
     if first is not None:
         first += predicted.tolist()
     hits = (predicted == torch.tensor([g.content for g in golds])).tolist()
@@ -74,7 +79,7 @@ def scored_hits(
         forced = scoring.forced_tokens(chosen).to(sub.tokens.device)
         tokens = torch.cat([sub.tokens, forced], dim=1)
         mask = torch.cat([sub.attention_mask, torch.ones_like(forced)], dim=1)
-        with torch.no_grad(), attach(model):
+        with torch.no_grad(), attach(model, *items, batch=sub):
             logits = model(tokens, attention_mask=mask)[:, sub.seq_len - 1 :]
         for i, hit in zip(bare, scoring.logit_hits(logits, chosen).tolist()):
             hits[i] = hit

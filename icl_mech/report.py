@@ -44,6 +44,12 @@ ABOUT: dict[str, About] = {
     "function-vectors": About(
         "function_vectors_", "Function vectors in large language models (Todd et al. 2024)"
     ),
+    "head-roles": About(
+        "head_roles_",
+        "Which attention heads matter for in-context learning (Yin & Steinhardt 2025), with "
+        "attribution patching (Nanda 2023; Kramar et al. 2024) and induction heads (Olsson et "
+        "al. 2022)",
+    ),
     "icv": About("icv_", "In-context vectors (Liu et al. 2023)"),
     "icl-gd": About(
         "icl_gd_",

@@ -21,6 +21,8 @@ from icl_mech.anchors import reproduce as anchors
 from icl_mech.errors import unknown
 from icl_mech.function_vectors import reproduce as function_vectors
 from icl_mech.gd import reproduce as gd
+from icl_mech.head_roles import reproduce as head_roles
+from icl_mech.head_roles.settings import Settings as HeadRolesSettings
 from icl_mech.icv import reproduce as icv
 from icl_mech.models import load_model
 from icl_mech.output_lock import output_lock
@@ -69,6 +71,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
     "function-vectors": Reproduction(
         function_vectors.Settings, function_vectors.compute, ABOUT["function-vectors"]
     ),
+    "head-roles": Reproduction(HeadRolesSettings, head_roles.compute, ABOUT["head-roles"]),
     "icv": Reproduction(icv.Settings, icv.compute, ABOUT["icv"]),
     "icl-gd": Reproduction(gd.Settings, gd.compute, ABOUT["icl-gd"]),
 }

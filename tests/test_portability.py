@@ -50,10 +50,11 @@ from icl_mech.backends import TL_MAJOR, backend_of
 from icl_mech.batching import encode_text
 from icl_mech.evaluation import build_prompts
 from icl_mech.function_vectors import effect_prompts, indirect_effects, naive_indirect_effects
+from icl_mech.head_roles import induction_scores, mean_ablation, residual_map, same_length_twins
 from icl_mech.icl_prompt import ROLES, ICLPrompt
 from icl_mech.icv import SENTIMENT_PAIRS, ICVSteering, extract_icv, generate
 from icl_mech.kv_cache import KVCache
-from icl_mech.models import GEMMA_NAME, torch_threads
+from icl_mech.models import GEMMA_NAME
 from icl_mech.resume import forward_from
 from icl_mech.task_vectors import (
     ReplaceResidual,
@@ -63,6 +64,7 @@ from icl_mech.task_vectors import (
     sample_sets,
     sweep_logits,
 )
+from icl_mech.threads import torch_threads
 
 COLUMNS = (
     "tiny-gpt2",
@@ -579,6 +581,43 @@ def test_function_vector_heads(models, memo, column):
     if hooked is not None:
         close(batched.effects, hooked[0].effects, 1.0, 1e-4)
         assert batched.forwards == hooked[0].forwards
+
+
+def _head_roles(model):
+    """Attribution of every head of a few layers, induction scores, the residual map of one
+    twin pair, and a mean ablation's logits."""
+    clean, shuffled = effect_prompts(CAPITALS, 3, n_demonstrations=2, seed=0)
+    layers = _few_layers(model)
+    estimate = indirect_effects(model, clean, shuffled, layers=layers, batch_size=2,
+                                method="attribution")  # fmt: skip
+    scores = induction_scores(model, n_tokens=12, n_sequences=2)
+    pair = same_length_twins(model, clean, shuffled)[0]
+    where = residual_map(model, *pair, layers=layers)
+    heads = [(layer, 0) for layer in layers]
+    batch = batch_of(model, clean[:2])
+    with torch.no_grad():
+        ablated = run(model, batch, mean_ablation(model, clean[:2], heads))
+        own = run(model, batch_of(model, clean[:1]), mean_ablation(model, clean[:1], heads))
+        plain = run(model, batch_of(model, clean[:1]))
+    return estimate, scores, where, ablated, (own - plain).abs().max()
+
+
+@columns
+def test_head_roles(models, memo, column):
+    estimate, scores, where, ablated, own_change = once(memo, models, "head_roles", column,
+                                                         _head_roles)  # fmt: skip
+    assert own_change == 0  # a prompt ablated with its own mean is left as it was
+    assert estimate.method == "attribution" and torch.isfinite(estimate.effects).all()
+    assert torch.isfinite(where.attribution).all()
+    assert ((scores.induction >= 0) & (scores.induction <= 1)).all()
+    hooked = partner_result(memo, models, "head_roles", column, _head_roles)
+    if hooked is not None:
+        close(estimate.effects, hooked[0].effects, 1.0, 1e-4)
+        assert estimate.forwards == hooked[0].forwards
+        close(scores.induction, hooked[1].induction, 1.0, 1e-4)
+        close(scores.prefix_matching, hooked[1].prefix_matching, 1.0, 1e-4)
+        close(where.attribution, hooked[2].attribution, 1.0, 1e-4)
+        close(ablated, hooked[3], size(ablated), 1e-4)
 
 
 def _lean_saliency(model):

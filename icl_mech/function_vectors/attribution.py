@@ -58,6 +58,7 @@ def batch_estimates(
     def keep(layer: int):
         def read(z, hook):
             outputs[layer] = z
+            return z  # handed back: the bridge continues with what its hook returns
 
         return read
 
@@ -74,4 +75,4 @@ def batch_estimates(
         step, slope, "layer batch head d, layer batch head d -> layer head batch"
     )
     unpatched = probability.detach().cpu()
-    return unpatched, unpatched + change
+    return unpatched, unpatched + change.to(unpatched.dtype)

@@ -36,7 +36,8 @@ class MeanAblateHeads(Intervention):
 
     ``means[i, p]`` is head ``heads[i]``'s mean output at position p (from each prompt's first
     real token), ``pooled[i]`` its mean over every position; build both with
-    :func:`mean_ablation`."""
+    :func:`mean_ablation`. Left padding is read from the batch, so attach it with ``batch=``
+    (``run`` and ``attach(..., batch=)`` do); without one every row counts from position 0."""
 
     heads: Sequence[Head]
     means: Float[Tensor, "n_chosen pos d_head"]
@@ -46,6 +47,18 @@ class MeanAblateHeads(Intervention):
         self.heads = as_pairs(self.heads)
         self.means = validate.tensor(self.means, "MeanAblateHeads means", min_ndim=3)
         self.pooled = validate.tensor(self.pooled, "MeanAblateHeads pooled", min_ndim=2)
+
+    def select(self, heads: Sequence[Head]) -> MeanAblateHeads:
+        """The same means for some of the heads (each must be among ``self.heads``)."""
+        heads = as_pairs(heads)
+        missing = [h for h in heads if h not in self.heads]
+        if missing:
+            raise IclMechError(
+                f"MeanAblateHeads.select: heads {missing} have no mean here; build the means "
+                "with mean_ablation(model, inputs, heads) over every head you will select"
+            )
+        index = [self.heads.index(h) for h in heads]
+        return MeanAblateHeads(list(heads), self.means[index], self.pooled[index])
 
     def specs(self, model, batch):
         heads = check_heads(model, self.heads, "MeanAblateHeads heads", allow_empty=True)
@@ -83,9 +96,12 @@ class MeanAblateHeads(Intervention):
         return [HookSpec(head_point(layer), overwrite(indices)) for layer, indices in groups]
 
 
-def mean_ablation(model, inputs: Sequence, heads: Sequence[Head], batch_size: int = 16):
-    """``MeanAblateHeads`` for ``heads`` with their means over ``inputs`` (ICL prompts or
-    texts), one forward per batch stopped after the deepest layer."""
+def mean_ablation(
+    model, inputs: Sequence | Tensor, heads: Sequence[Head], batch_size: int = 16
+) -> MeanAblateHeads:
+    """``MeanAblateHeads`` for ``heads`` with their means over ``inputs`` (ICL prompts, texts,
+    or a ``[n, length]`` tensor of token ids without padding), one forward per batch stopped
+    after the deepest layer."""
     heads = check_heads(model, as_pairs(heads), "mean_ablation heads", allow_empty=True)
     validate.count(batch_size, "mean_ablation batch_size")
     if len(inputs) == 0:
@@ -97,22 +113,38 @@ def mean_ablation(model, inputs: Sequence, heads: Sequence[Head], batch_size: in
     names = [head_point(layer) for layer in layers]
     sums: Tensor | None = None
     counts: Tensor | None = None
-    for _, batch in batched(model, inputs, batch_size):
+    for tokens, mask in _token_batches(model, inputs, batch_size):
         capture = Capture(names, positions="all")
         with torch.no_grad(), attach(model, capture):
-            forward_from(model, batch.tokens, start=0, stop=layers[-1] + 1,
-                         attention_mask=batch.attention_mask)  # fmt: skip
+            forward_from(model, tokens, start=0, stop=layers[-1] + 1, attention_mask=mask)
         z = torch.stack(
             [capture.activations[head_point(layer)][:, :, head] for layer, head in heads], dim=1
         ).cpu()  # [batch, n, pos, d_head]
-        for row in range(len(batch)):
-            real = z[row][:, batch.attention_mask[row].cpu().bool()]  # [n, length, d_head]
+        for row in range(len(tokens)):
+            real = z[row][:, mask[row].cpu().bool()]  # [n, length, d_head]
             sums, counts = _grow(sums, counts, real.shape[1], len(heads), d_head)
             sums[:, : real.shape[1]] += real.double()
             counts[: real.shape[1]] += 1
     means = (sums / counts[None, :, None]).float()
     pooled = (sums.sum(1) / counts.sum()).float()
     return MeanAblateHeads(heads, means, pooled)
+
+
+def _token_batches(model, inputs, batch_size: int):
+    """(tokens, attention mask) per batch of prompts, texts or token rows."""
+    if isinstance(inputs, Tensor):
+        rows = inputs
+        if rows.ndim != 2 or rows.is_floating_point() or rows.is_complex() or not rows.numel():
+            raise IclMechError(
+                f"mean_ablation: a tensor of inputs must hold token ids [n, length], got "
+                f"{rows.dtype} of shape {list(rows.shape)}"
+            )
+        for first in range(0, len(rows), batch_size):
+            part = rows[first : first + batch_size]
+            yield part, torch.ones_like(part)
+        return
+    for _, batch in batched(model, inputs, batch_size):
+        yield batch.tokens, batch.attention_mask
 
 
 def _grow(sums, counts, length: int, n: int, d_head: int) -> tuple[Tensor, Tensor]:
@@ -172,19 +204,26 @@ def random_heads(
     model, like: Sequence[Head], exclude: Sequence[Head] = (), seed: int = 0
 ) -> list[Head]:
     """One random head from the layer of each head of ``like``, none of them in ``exclude`` or
-    ``like`` and none twice: the control for ablating ``like``."""
+    ``like`` and none twice: the control for ablating ``like``. Where a layer has no head left,
+    the head comes from the nearest layers that have one (both sides at the same distance)."""
     like = check_heads(model, as_pairs(like), "random_heads like", allow_empty=True)
     seed = validate.seed(seed, "random_heads seed")
     rng = random.Random(seed)
     blocked = set(like) | set(as_pairs(exclude))
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if len(blocked) + len(like) > n_layers * n_heads:
+        raise IclMechError(
+            f"random_heads: {len(like)} random heads are asked for outside {len(blocked)} heads "
+            f"to avoid, but the model has {n_layers * n_heads}; ablate fewer heads"
+        )
     drawn: list[Head] = []
     for layer, _ in like:
-        free = [(layer, h) for h in range(model.cfg.n_heads) if (layer, h) not in blocked]
-        if not free:
-            raise IclMechError(
-                f"random_heads: layer {layer} has no head left outside the {len(blocked)} "
-                "heads to avoid; the control cannot match the layers"
-            )
+        for distance in range(n_layers):
+            near = [layer - distance, layer + distance] if distance else [layer]
+            free = [(other, h) for other in near if 0 <= other < n_layers
+                    for h in range(n_heads) if (other, h) not in blocked]  # fmt: skip
+            if free:
+                break
         pick = rng.choice(free)
         drawn.append(pick)
         blocked.add(pick)

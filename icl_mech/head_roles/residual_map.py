@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import einops
 import pandas as pd
@@ -28,7 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_mech import scoring, validate
+from icl_mech import display, scoring, validate
 from icl_mech.correlation import pearson, spearman
 from icl_mech.errors import IclMechError
 from icl_mech.gradients import frozen_parameters, track_gradients
@@ -51,6 +52,10 @@ class ResidualMap:
     attribution: Float[Tensor, "layer pos"] = field(repr=False)
     probability: float  # P(correct) on the shuffled prompt, unpatched
     exact: Float[Tensor, "layer pos"] | None = field(default=None, repr=False)
+
+    def _repr_html_(self) -> str:
+        """The tokens coloured by their strongest change (:mod:`icl_mech.show.residual_map`)."""
+        return display.html(self)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, position)."""
@@ -115,7 +120,7 @@ def residual_map(
     clean_stream = torch.stack([capture.activations[name][0] for name in names])
     kept: dict[str, Tensor] = {}
     specs = [HookSpec(points(model, "hook_resid_pre", [0])[0], track_gradients)]
-    specs += [HookSpec(name, lambda x, hook: kept.__setitem__(hook.name, x)) for name in names]
+    specs += [HookSpec(name, partial(_keep, kept)) for name in names]
     with torch.enable_grad(), frozen_parameters(model), attach(model, *specs):
         logits = model(tokens, attention_mask=mask)
         probability = scoring.logit_probability(logits[:, n - 1 :], gold)
@@ -134,6 +139,11 @@ def residual_map(
         result.exact = _patched(model, stream, clean_stream, mask, gold, layers, n, batch_size)
         result.exact -= result.probability
     return result
+
+
+def _keep(kept: dict, stream: Tensor, hook) -> Tensor:
+    kept[hook.name] = stream
+    return stream  # handed back: the bridge continues with what its hook returns
 
 
 def _patched(model, stream, clean_stream, mask, gold, layers, n, batch_size) -> Tensor:

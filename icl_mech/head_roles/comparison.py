@@ -1,0 +1,120 @@
+"""Exact indirect effect against its attribution estimate, per task: the rank agreement over
+every head, the overlap of the top heads, the function vector built from each with its
+accuracy, and the passes and wall time each took.
+
+Splits (:func:`icl_mech.task_vectors.plan.splits`, disjoint): the effect prompts come from
+train, each vector's layer is the earliest best on dev (zero-shot prompts plus the vector, the
+cached layer sweep), and every accuracy is scored on test.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from icl_mech import scoring, stats
+from icl_mech.batching import batched
+from icl_mech.correlation import pearson, spearman
+from icl_mech.evaluation import build_prompts, scored_hits
+from icl_mech.function_vectors.effects import IndirectEffect
+from icl_mech.function_vectors.indirect import effect_prompts, indirect_effects
+from icl_mech.function_vectors.vector import function_vector
+from icl_mech.head_roles.settings import Settings
+from icl_mech.icl_prompt import ICLPrompt
+from icl_mech.prompts import Task
+from icl_mech.task_vectors import plan
+from icl_mech.task_vectors.scored import sweep_hits
+
+METHODS = ("exact", "attribution")
+
+
+@dataclass
+class TaskComparison:
+    """One task: both effects, their wall times, and test hits per condition (``zero_shot``,
+    ``icl``, ``fv_exact``, ``fv_attribution``) with each vector's chosen layer."""
+
+    task: str
+    effects: dict[str, IndirectEffect] = field(repr=False)
+    seconds: dict[str, float]
+    hits: dict[str, list[bool]] = field(repr=False)
+    layers: dict[str, int]
+    clean: list[ICLPrompt] = field(repr=False, default_factory=list)
+    shuffled: list[ICLPrompt] = field(repr=False, default_factory=list)
+
+    def agreement(self, k: int) -> dict:
+        return agreement(self.effects["exact"], self.effects["attribution"], k)
+
+    def accuracy(self, condition: str) -> stats.Estimate:
+        return stats.bootstrap([float(h) for h in self.hits[condition]])
+
+
+def agreement(exact: IndirectEffect, estimate: IndirectEffect, k: int = 10) -> dict:
+    """Rank and linear correlation over every head, and the shared top-``k`` heads."""
+    a, b = exact.mean.flatten().numpy(), estimate.mean.flatten().numpy()
+    shared = set(exact.top(k)) & set(estimate.top(k))
+    return {"spearman": spearman(a, b), "pearson": pearson(a, b), f"top{k}_overlap": len(shared),
+            "k": k}  # fmt: skip
+
+
+def compare_task(model, task: Task, settings: Settings, progress: bool = False) -> TaskComparison:
+    """Both effects of every head, the function vector of each one's top ``k`` heads, and the
+    test accuracy of zero-shot, ICL and each vector."""
+    train, dev, test = plan.splits(task, settings.n_test, settings.n_dev,
+                                   settings.n_demonstrations, 0, settings.seed)  # fmt: skip
+    clean, shuffled = effect_prompts(train, min(settings.n_prompts, len(train.examples)),
+                                     settings.n_demonstrations, settings.seed)  # fmt: skip
+    effects, seconds = {}, {}
+    for method in METHODS:
+        start = time.perf_counter()
+        effects[method] = indirect_effects(
+            model, clean, shuffled, batch_size=settings.effect_batch_size,
+            progress=progress and f"{method} effect {task.name}", method=method,
+        )  # fmt: skip
+        seconds[method] = time.perf_counter() - start
+    hits = {
+        "zero_shot": _hits(model, [ICLPrompt.zero_shot(task, q) for q in test.examples], settings),
+        "icl": _hits(
+            model,
+            build_prompts(train, settings.n_demonstrations, test.examples, settings.seed),
+            settings,
+        ),  # fmt: skip
+    }
+    layers = {}
+    for method in METHODS:
+        vector = function_vector(model, effects[method], k=settings.k).values
+        layers[method] = _best_layer(model, task, dev, vector, settings)
+        hits[f"fv_{method}"] = _vector_hits(model, task, test, vector, layers[method], settings)
+    return TaskComparison(task.name, effects, seconds, hits, layers, clean, shuffled)
+
+
+def _hits(model, prompts, settings: Settings) -> list[bool]:
+    gold = scoring.golds(model, prompts)
+    out = [False] * len(prompts)
+    for index, batch in batched(model, prompts, settings.batch_size):
+        for i, hit in zip(index, scored_hits(model, batch, [gold[i] for i in index])):
+            out[i] = hit
+    return out
+
+
+def _sweep(model, task: Task, split: Task, vector, settings: Settings, layers=None):
+    """Hits ``[layer, query]`` of zero-shot prompts plus ``vector`` after each layer."""
+    prompts = [ICLPrompt.zero_shot(task, q) for q in split.examples]
+    gold = scoring.golds(model, prompts)
+    n_layers = model.cfg.n_layers if layers is None else len(layers)
+    rows = vector[None].expand(n_layers, -1)
+    parts = []
+    for index, batch in batched(model, prompts, settings.batch_size):
+        parts.append(sweep_hits(model, batch, [gold[i] for i in index], rows, "add",
+                                layers=layers))  # fmt: skip
+    return torch.cat(parts, dim=1)
+
+
+def _best_layer(model, task: Task, dev: Task, vector, settings: Settings) -> int:
+    """The earliest layer with the best dev accuracy."""
+    return int(_sweep(model, task, dev, vector, settings).float().mean(1).argmax())
+
+
+def _vector_hits(model, task, test, vector, layer: int, settings: Settings) -> list[bool]:
+    return _sweep(model, task, test, vector, settings, layers=[layer])[0].tolist()
