@@ -156,10 +156,11 @@ __all__ = [
 
 
 def apply_policy() -> int:
-    """Set torch's intra-op threads to :func:`default_threads` (``load_model`` and
-    ``tiny_model`` do, so a library call outside a run follows the same policy as every
-    command; ``torch.set_num_threads`` afterwards overrides it). Returns the count."""
-    count = default_threads()
+    """Lower torch's intra-op threads to :func:`default_threads` where they are more
+    (``load_model`` and ``tiny_model`` do this, so a library call outside a run follows the same
+    policy as every command). Never raises them: a count set lower on purpose
+    (``torch.set_num_threads``, ``torch_threads``) stays. Returns the count in effect."""
+    count = min(torch.get_num_threads(), default_threads())
     torch.set_num_threads(count)
     return count
 

@@ -47,7 +47,7 @@ setup_both() {
     return $status
 }
 
-PYTEST=(-q -p no:cacheprovider --timeout="$TIMEOUT" --durations=10)
+PYTEST=(-q -p no:cacheprovider --timeout="$TIMEOUT" --durations=25)
 PARALLEL=(-n "$WORKERS" --dist loadfile)
 timed setup setup_both
 timed lint "$MAKE" --no-print-directory lint

@@ -5,6 +5,8 @@ residual-stream map against finite differences and an independent patch."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -25,6 +27,9 @@ from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.threads import torch_threads
 
 EPS = 1e-4  # finite-difference step, as a fraction of the full step towards the clean value
+# the step on a float64 model that rounds to float32 inside its forward (``rounds_to_float32``):
+# there the central difference at EPS carries float32 noise of about 1e-8 P(correct) / EPS
+ROUNDED_EPS = 2e-2
 HEADS = [(0, 1), (1, 3), (2, 0), (2, 2)]  # the three layers of the tiny models
 
 
@@ -51,19 +56,74 @@ def float64():
     return {arch: make_tiny(arch).to(torch.float64) for arch in ("gpt2", "llama")}
 
 
+@pytest.fixture(scope="module")
+def rounding(float64):
+    """Which float64 tiny models still round to float32 inside their forward."""
+    return {arch: rounds_to_float32(model) for arch, model in float64.items()}
+
+
+def rounds_to_float32(model) -> bool:
+    """Whether a float64 model's forward rounds to float32 somewhere. Nudged at the stream
+    entering block 0 by 1e-9 (of its mean size) and by twice that, a float64 forward's logits
+    move twice as far (measured: to 1.5e-6 of the move); one that passes through float32 loses
+    such a nudge to rounding (measured: off by 2.0). The tiny llama does on the bridge:
+    TransformerLens 4.3 runs Hugging Face's ``LlamaRMSNorm``, which normalises in float32, and
+    takes the rotary attention's softmax in float32, whatever the model's dtype."""
+    tokens = torch.arange(10, 20)[None]
+    nudges = torch.randn(1, 10, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+
+    def logits(scale: float) -> torch.Tensor:
+        def nudge(x, hook):
+            return x + scale * nudges.to(x) * x.abs().mean()
+
+        with torch.no_grad(), attach(model, HookSpec("blocks.0.hook_resid_pre", nudge)):
+            return model(tokens)[0].double()
+
+    base = logits(0.0)
+    once, twice = logits(1e-9) - base, logits(2e-9) - base
+    return not torch.allclose(twice, 2 * once, rtol=1e-3, atol=1e-3 * float(once.abs().max()))
+
+
+def skip_if_rounding(rounded: bool, arch: str) -> None:
+    if rounded:
+        pytest.skip(
+            f"the float64 tiny {arch} rounds to float32 inside its forward on this backend "
+            "(TransformerLens 4.3's bridge: Hugging Face's LlamaRMSNorm normalises in float32, "
+            "the rotary attention's softmax is taken in float32), so float64 tolerances "
+            "cannot hold; the float32 variant checks it"
+        )
+
+
+def derivative(moved: Callable[[float], float], rounded: bool) -> float:
+    """d/dε moved(ε) at ε = 0: the central difference at ε = ±EPS; on a model that rounds to
+    float32, the fourth-order one at ε = ±ROUNDED_EPS, ±2 ROUNDED_EPS (its noise, about
+    1e-8 P(correct) / ROUNDED_EPS, well above float64's, its truncation error O(ε⁴))."""
+    if not rounded:
+        return (moved(EPS) - moved(-EPS)) / (2 * EPS)
+    h = ROUNDED_EPS
+    return (8 * (moved(h) - moved(-h)) - (moved(2 * h) - moved(-2 * h))) / (12 * h)
+
+
 def no_hooks_left(model) -> bool:
     return all(not point.fwd_hooks and not point.bwd_hooks for point in model.hook_dict.values())
 
 
-def no_forward(monkeypatch, model) -> None:
-    """Any forward pass (the model's, or one resumed at a block) fails the test."""
+@contextmanager
+def no_forward(model) -> Iterator[None]:
+    """Any forward pass inside the block (the model's, or one resumed at a block) fails the
+    test: a PyTorch pre-hook on the model and on every block, which both backends run through
+    ``Module.__call__``. (Not by patching ``forward``: a bridge block writes attributes through
+    to the Hugging Face layer it wraps, so the patch could not be undone.)"""
 
-    def fail(*args, **kwargs):
+    def fail(module, args):
         pytest.fail("a forward pass ran")
 
-    monkeypatch.setattr(model, "forward", fail)
-    for block in model.blocks:
-        monkeypatch.setattr(block, "forward", fail)
+    handles = [module.register_forward_pre_hook(fail) for module in (model, *model.blocks)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def forced(model, prompt) -> tuple[torch.Tensor, int, scoring.Gold]:
@@ -93,16 +153,16 @@ def prompt_end(model, prompt) -> torch.Tensor:
     return at
 
 
-def head_difference(model, prompt, head, z, mean) -> float:
-    """The central difference at ε = ±EPS of P(correct) with the head's output at the prompt's
-    last token set to z + ε (mean − z)."""
+def head_difference(model, prompt, head, z, mean, rounded: bool) -> float:
+    """The finite difference (``derivative``) of P(correct) with the head's output at the
+    prompt's last token set to z + ε (mean − z)."""
     at = prompt_end(model, prompt)
 
     def moved(eps):
         patch = PatchHeads([head], (z + eps * (mean - z))[None], positions=at)
         return probability64(model, prompt, patch)
 
-    return (moved(EPS) - moved(-EPS)) / (2 * EPS)
+    return derivative(moved, rounded)
 
 
 # --- indirect effect: the first-order estimate ---------------------------------------------------
@@ -118,19 +178,26 @@ DTYPES = [
 # float64: the estimate carries float32 rounding (scoring.logit_probability computes P(correct)
 # in float32, and the effect is stored as a float32 patched probability minus the unpatched
 # one: a few float32 ulps of P(correct)). Measured with the effect cast to float32: relative
-# 2e-7 or less, 5.5e-6 on a small effect; at most 7.5e-8 * P(correct) absolute.
+# 2e-7 or less, 5.5e-6 on a small effect (4.7e-5 on the bridge's tiny gpt2); at most
+# 7.5e-8 * P(correct) absolute.
 # float32: the gradient of a float32 forward against the float64 twin (the same weights).
-# Measured: relative 2.4e-5 or less, at most 1.1e-6 * P(correct) absolute.
+# Measured: relative 2.4e-5 or less, at most 1.1e-6 * P(correct) absolute; against the
+# fourth-order difference on a float64 twin that rounds to float32 (the bridge's tiny llama),
+# at most 1.8e-6 * P(correct) absolute (the difference's own noise included).
 TOLERANCE = {torch.float64: (2e-6, 3e-7), torch.float32: (2e-4, 1e-5)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_attribution_is_the_derivative_along_the_step_to_the_mean(arch, dtype, antonym, float64):
+def test_attribution_is_the_derivative_along_the_step_to_the_mean(
+    arch, dtype, antonym, float64, rounding
+):
     """For head (l, h) and shuffled prompt p, the attribution is d/dε P(correct) with the head's
     output at the prompt's last token set to z + ε (mean − z): a central difference at ε = ±1e-4
-    on the float64 model. Prompt 0's answer 'outer' starts with a bare ' ' on the tiny tokenizer
-    (teacher-forced); prompt 1's does not."""
+    on the float64 model (``derivative``). Prompt 0's answer 'outer' starts with a bare ' ' on
+    the tiny tokenizer (teacher-forced); prompt 1's does not."""
+    if dtype == torch.float64:
+        skip_if_rounding(rounding[arch], arch)
     model = float64[arch] if dtype == torch.float64 else make_tiny(arch)
     reference = float64[arch]
     clean, shuffled = effect_prompts(antonym, 4, n_demonstrations=2, seed=0)
@@ -149,7 +216,9 @@ def test_attribution_is_the_derivative_along_the_step_to_the_mean(arch, dtype, a
             reference(PromptBatch.from_prompts(reference, [prompt]).tokens)
         for i, (layer, head) in enumerate(HEADS):
             z = capture.outputs[0, i]
-            difference = head_difference(reference, prompt, (layer, head), z, means[layer, head])
+            difference = head_difference(
+                reference, prompt, (layer, head), z, means[layer, head], rounding[arch]
+            )
             estimate = float(effect.effects[p, layer, head])
             assert abs(difference) > 1e-6 * base  # the head moves P(correct)
             assert abs(estimate - difference) <= rtol * abs(difference) + atol * base, (
@@ -192,13 +261,13 @@ def test_attribution_leaves_no_hook_no_gradient_and_the_flags_as_they_were(anton
         assert torch.isfinite(model(tokens)).all()
 
 
-def test_a_misspelt_method_is_refused_before_any_forward(tiny_llama, antonym, monkeypatch):
+def test_a_misspelt_method_is_refused_before_any_forward(tiny_llama, antonym):
     clean, shuffled = effect_prompts(antonym, 2, n_demonstrations=2, seed=0)
-    no_forward(monkeypatch, tiny_llama)
-    with pytest.raises(IclMechError, match=r"method='atribution'.*did you mean 'attribution'"):
-        indirect_effects(tiny_llama, clean, shuffled, method="atribution")
-    with pytest.raises(IclMechError, match=r"\['exact', 'attribution'\]"):
-        indirect_effects(tiny_llama, clean, shuffled, method="gradient")
+    with no_forward(tiny_llama):
+        with pytest.raises(IclMechError, match=r"method='atribution'.*did you mean 'attribution'"):
+            indirect_effects(tiny_llama, clean, shuffled, method="atribution")
+        with pytest.raises(IclMechError, match=r"\['exact', 'attribution'\]"):
+            indirect_effects(tiny_llama, clean, shuffled, method="gradient")
 
 
 @pytest.mark.embedded
@@ -277,14 +346,14 @@ def set_stream(layer: int, position: int, value: torch.Tensor) -> HookSpec:
     return HookSpec(f"blocks.{layer}.hook_resid_pre", put)
 
 
-def stream_difference(model, prompt, layer, position, s, c) -> float:
-    """The central difference at ε = ±EPS of P(correct) with the stream entering block
+def stream_difference(model, prompt, layer, position, s, c, rounded: bool) -> float:
+    """The finite difference (``derivative``) of P(correct) with the stream entering block
     ``layer`` at ``position`` set to s + ε (c − s)."""
 
     def moved(eps):
         return probability64(model, prompt, set_stream(layer, position, s + eps * (c - s)))
 
-    return (moved(EPS) - moved(-EPS)) / (2 * EPS)
+    return derivative(moved, rounded)
 
 
 def changed_positions(model, clean, shuffled) -> list[int]:
@@ -293,13 +362,31 @@ def changed_positions(model, clean, shuffled) -> list[int]:
     return torch.nonzero(a != b).flatten().tolist()
 
 
+# |attribution - finite difference| <= RTOL |finite difference| + ATOL * P(correct)
+# float64: relative 1e-5 (measured 2e-7 or less), with 1e-8 * P(correct) absolute for
+# scoring's float32 softmax. float32 (the map of the float32 model against differences on its
+# float64 twin): measured relative 2.5e-5 or less, at most 8.6e-7 * P(correct) absolute;
+# against the fourth-order difference on a twin that rounds to float32, at most
+# 1.4e-6 * P(correct) (the difference's own noise included).
+MAP_TOLERANCE = {torch.float64: (1e-5, 1e-8), torch.float32: (2e-4, 1e-5)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_the_residual_map_is_the_derivative_along_the_step_to_clean(arch, float64, twins, maps):
+def test_the_residual_map_is_the_derivative_along_the_step_to_clean(
+    arch, dtype, float64, rounding, twins, maps
+):
     """Cell (l, p) of the map is d/dε P(correct) with the stream entering block l at position
     p set to s + ε (c − s) (s its shuffled value, c its clean one): central differences at
-    ε = ±1e-4 on the float64 model. Tolerance: relative 1e-5 (measured 2e-7 or less), with
-    1e-8 * P(correct) absolute for scoring's float32 softmax."""
-    model, (clean, shuffled), result = float64[arch], twins[arch], maps[arch]
+    ε = ±1e-4 on the float64 model (``derivative``). The float32 variant maps the float32
+    model (the same weights) against the same differences."""
+    model, (clean, shuffled) = float64[arch], twins[arch]
+    if dtype == torch.float64:
+        skip_if_rounding(rounding[arch], arch)
+        result = maps[arch]
+    else:
+        result = residual_map(make_tiny(arch), clean, shuffled, layers=[0, 2])
+    rtol, atol = MAP_TOLERANCE[dtype]
     n = len(result.tokens)
     first, second = changed_positions(model, clean, shuffled)[:2]
     cells = [(0, first), (0, second), (2, second), (2, n - 1), (2, first + 3)]
@@ -310,11 +397,11 @@ def test_the_residual_map_is_the_derivative_along_the_step_to_clean(arch, float6
     for layer, position in cells:
         s = shuffled_stream[layers.index(layer), position]
         c = clean_stream[layers.index(layer), position]
-        difference = stream_difference(model, shuffled, layer, position, s, c)
+        difference = stream_difference(model, shuffled, layer, position, s, c, rounding[arch])
         estimate = float(result.attribution[result.layers.index(layer), position])
         assert abs(difference) > 1e-6 * base
-        assert abs(estimate - difference) <= 1e-5 * abs(difference) + 1e-8 * base, (
-            f"{arch} cell {(layer, position)}: attribution {estimate:.6e}, "
+        assert abs(estimate - difference) <= rtol * abs(difference) + atol * base, (
+            f"{arch} {dtype} cell {(layer, position)}: attribution {estimate:.6e}, "
             f"finite difference {difference:.6e}"
         )
 
@@ -342,9 +429,17 @@ def test_the_exact_map_is_the_patched_change(arch, float64, twins, maps):
         assert abs(change) > 0
         # measured: bit-identical; allowed: a float32 ulp of P(correct)
         assert float(result.exact[i, position]) == pytest.approx(change, rel=1e-6, abs=1e-7 * base)
-    # the map's exact change is what the attribution approximates: same sign on the largest
-    largest = result.exact.abs().flatten().argmax()
-    assert float(result.exact.flatten()[largest] * result.attribution.flatten()[largest]) > 0
+    # the map's exact change is what the attribution approximates: the signs agree on the cells
+    # that hold most of the change, and the cells that change rank alike. Not on every cell: a
+    # whole step to the clean stream can leave the first order behind (the bridge's tiny gpt2,
+    # cell (0, 96): +6.0e-8 to first order, -2.4e-7 patched, turning over near ε = 0.25).
+    # Measured on both backends' tiny models: 0.70 to 1.00 of the change; rank correlation
+    # 0.89 to 1.00.
+    exact, first_order = result.exact.flatten().double(), result.attribution.flatten()
+    agree = torch.sign(exact) == torch.sign(first_order)
+    assert float(exact.abs()[agree].sum()) > 0.5 * float(exact.abs().sum())
+    moved = exact != 0
+    assert spearman(first_order[moved].numpy(), exact[moved].numpy()) > 0.8
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -381,7 +476,7 @@ def test_residual_map_frame_has_one_row_per_layer_and_position(float64, twins, m
     assert agreement["n_cells"] == len(frame)
 
 
-def test_twins_of_different_length_are_refused_naming_both(tiny_llama, antonym, monkeypatch):
+def test_twins_of_different_length_are_refused_naming_both(tiny_llama, antonym):
     """Deranged answers keep a prompt's token count, so build the pair by hand: the same query,
     a second demonstration of another length."""
     query, first, short, long = antonym.examples[:4]
@@ -390,8 +485,7 @@ def test_twins_of_different_length_are_refused_naming_both(tiny_llama, antonym, 
     a, b = (PromptBatch.from_prompts(tiny_llama, [p]).seq_len for p in (clean, other))
     assert a != b
     assert same_length_twins(tiny_llama, [clean, clean], [other, clean]) == [(clean, clean)]
-    no_forward(monkeypatch, tiny_llama)
-    with pytest.raises(IclMechError) as error:
+    with no_forward(tiny_llama), pytest.raises(IclMechError) as error:
         residual_map(tiny_llama, clean, other)
     message = str(error.value)
     assert f"{a} tokens" in message and f"twin {b}" in message and "same_length_twins" in message

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from icl_mech import check as check_module
-from icl_mech import runner, scoring, threads
+from icl_mech import runner, scoring, threads, tiny_model
 from icl_mech.check import CheckSettings
 from icl_mech.cli import main
 from icl_mech.errors import IclMechError
@@ -234,3 +234,14 @@ def test_a_run_reads_the_policy_once_at_its_start(monkeypatch, one_thread):
 def test_a_bad_count_is_refused(bad):
     with pytest.raises(IclMechError, match="threads"):
         threads.threads_for(bad)
+
+
+def test_loading_a_model_lowers_the_threads_to_the_policy_and_never_raises_them(monkeypatch):
+    with torch_threads(2):
+        monkeypatch.setenv(threads.ENV, "1")
+        tiny_model("gpt2", n_layers=1)
+        assert torch.get_num_threads() == 1  # two workers on two cores: one each
+    with torch_threads(1):
+        monkeypatch.setenv(threads.ENV, "2")
+        tiny_model("gpt2", n_layers=1)
+        assert torch.get_num_threads() == 1  # set lower on purpose: kept
