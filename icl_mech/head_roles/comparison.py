@@ -2,9 +2,12 @@
 every head, the overlap of the top heads, the function vector built from each with its
 accuracy, and the passes and wall time each took.
 
+Each function vector is added after one layer to two kinds of prompt (Todd et al. 2024):
+zero-shot (``fv_<method>``) and ICL with the demonstrations' answers shuffled
+(``fv_<method>_shuffled``), beside the unpatched ``zero_shot``, ``icl`` and ``icl_shuffled``.
 Splits (:func:`icl_mech.task_vectors.plan.splits`, disjoint): the effect prompts come from
-train, each vector's layer is the earliest best on dev (zero-shot prompts plus the vector, the
-cached layer sweep), and every accuracy is scored on test.
+train, each vector's layer is the earliest best on dev for each kind of prompt (the cached
+layer sweep), and every accuracy is scored on test.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from icl_mech.batching import batched
 from icl_mech.correlation import pearson, spearman
 from icl_mech.evaluation import build_prompts, scored_hits
 from icl_mech.function_vectors.effects import IndirectEffect
+from icl_mech.function_vectors.evaluate import shuffled_twins
 from icl_mech.function_vectors.indirect import effect_prompts, indirect_effects
 from icl_mech.function_vectors.vector import function_vector
 from icl_mech.head_roles.settings import Settings
@@ -28,12 +32,15 @@ from icl_mech.task_vectors import plan
 from icl_mech.task_vectors.scored import sweep_hits
 
 METHODS = ("exact", "attribution")
+CONDITIONS = ("zero_shot", "icl", "icl_shuffled", "fv_exact", "fv_attribution",
+              "fv_exact_shuffled", "fv_attribution_shuffled")  # fmt: skip
 
 
 @dataclass
 class TaskComparison:
     """One task: both effects, their wall times, and test hits per condition (``zero_shot``,
-    ``icl``, ``fv_exact``, ``fv_attribution``) with each vector's chosen layer."""
+    ``icl``, ``icl_shuffled``, ``fv_<method>`` and ``fv_<method>_shuffled``) with each
+    vector's chosen layer per condition."""
 
     task: str
     effects: dict[str, IndirectEffect] = field(repr=False)
@@ -73,20 +80,26 @@ def compare_task(model, task: Task, settings: Settings, progress: bool = False) 
             progress=progress and f"{method} effect {task.name}", method=method,
         )  # fmt: skip
         seconds[method] = time.perf_counter() - start
-    hits = {
-        "zero_shot": _hits(model, [ICLPrompt.zero_shot(task, q) for q in test.examples], settings),
-        "icl": _hits(
-            model,
-            build_prompts(train, settings.n_demonstrations, test.examples, settings.seed),
-            settings,
-        ),  # fmt: skip
-    }
+    prompts = {split: _prompts(task, train, part, settings)
+               for split, part in (("dev", dev), ("test", test))}  # fmt: skip
+    hits = {name: _hits(model, prompts["test"][kind], settings)
+            for name, kind in (("zero_shot", "zero_shot"), ("icl", "icl"),
+                               ("icl_shuffled", "shuffled"))}  # fmt: skip
     layers = {}
     for method in METHODS:
         vector = function_vector(model, effects[method], k=settings.k).values
-        layers[method] = _best_layer(model, task, dev, vector, settings)
-        hits[f"fv_{method}"] = _vector_hits(model, task, test, vector, layers[method], settings)
+        for kind, name in (("zero_shot", f"fv_{method}"), ("shuffled", f"fv_{method}_shuffled")):
+            layers[name] = _best_layer(model, prompts["dev"][kind], vector, settings)
+            hits[name] = _sweep(model, prompts["test"][kind], vector, settings,
+                                layers=[layers[name]])[0].tolist()  # fmt: skip
     return TaskComparison(task.name, effects, seconds, hits, layers, clean, shuffled)
+
+
+def _prompts(task: Task, train: Task, split: Task, settings: Settings) -> dict:
+    """The split's zero-shot, ICL and shuffled-label ICL prompts (demonstrations from train)."""
+    icl = build_prompts(train, settings.n_demonstrations, split.examples, settings.seed)
+    return {"zero_shot": [ICLPrompt.zero_shot(task, q) for q in split.examples], "icl": icl,
+            "shuffled": shuffled_twins(icl, settings.seed + 1)}  # fmt: skip
 
 
 def _hits(model, prompts, settings: Settings) -> list[bool]:
@@ -98,9 +111,8 @@ def _hits(model, prompts, settings: Settings) -> list[bool]:
     return out
 
 
-def _sweep(model, task: Task, split: Task, vector, settings: Settings, layers=None):
-    """Hits ``[layer, query]`` of zero-shot prompts plus ``vector`` after each layer."""
-    prompts = [ICLPrompt.zero_shot(task, q) for q in split.examples]
+def _sweep(model, prompts, vector, settings: Settings, layers=None):
+    """Hits ``[layer, query]`` of the prompts plus ``vector`` after each layer."""
     gold = scoring.golds(model, prompts)
     n_layers = model.cfg.n_layers if layers is None else len(layers)
     rows = vector[None].expand(n_layers, -1)
@@ -111,10 +123,6 @@ def _sweep(model, task: Task, split: Task, vector, settings: Settings, layers=No
     return torch.cat(parts, dim=1)
 
 
-def _best_layer(model, task: Task, dev: Task, vector, settings: Settings) -> int:
+def _best_layer(model, prompts, vector, settings: Settings) -> int:
     """The earliest layer with the best dev accuracy."""
-    return int(_sweep(model, task, dev, vector, settings).float().mean(1).argmax())
-
-
-def _vector_hits(model, task, test, vector, layer: int, settings: Settings) -> list[bool]:
-    return _sweep(model, task, test, vector, settings, layers=[layer])[0].tolist()
+    return int(_sweep(model, prompts, vector, settings).float().mean(1).argmax())

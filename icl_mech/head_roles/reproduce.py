@@ -101,6 +101,9 @@ def _headline(results: HeadRoles, accuracy) -> dict:
                 "fv_exact": row.fv_exact_ci,
                 "fv_attribution": row.fv_attribution_ci,
                 "icl": row.icl_ci,
+                "icl_shuffled": row.icl_shuffled_ci,
+                "fv_exact_shuffled": row.fv_exact_shuffled_ci,
+                "fv_attribution_shuffled": row.fv_attribution_shuffled_ci,
             }
             for _, row in comparison.iterrows()
         },  # fmt: skip

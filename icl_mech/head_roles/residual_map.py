@@ -47,7 +47,7 @@ class ResidualMap:
     the same change measured by patching (when asked for)."""
 
     task: str
-    tokens: list[tuple[int, str, str]]  # (position, text, role) of the shuffled prompt
+    tokens: list[tuple[int, str, str]] = field(repr=False)  # (position, text, role), shuffled
     layers: tuple[int, ...]
     attribution: Float[Tensor, "layer pos"] = field(repr=False)
     probability: float  # P(correct) on the shuffled prompt, unpatched

@@ -9,7 +9,7 @@ import pandas as pd
 
 from icl_mech.function_vectors.heads import Head
 from icl_mech.head_roles.ablation_experiment import accuracy_table
-from icl_mech.head_roles.comparison import METHODS, TaskComparison
+from icl_mech.head_roles.comparison import CONDITIONS, METHODS, TaskComparison
 from icl_mech.head_roles.induction import HeadScores
 from icl_mech.head_roles.residual_map import ResidualMap
 from icl_mech.head_roles.settings import Settings
@@ -37,7 +37,8 @@ class HeadRoles:
 
     def comparison_frame(self) -> pd.DataFrame:
         """One row per task: agreement, passes, wall time and speed-up, and the accuracy of
-        zero-shot, ICL and the function vector of each method's top ``k`` heads."""
+        zero-shot, ICL, shuffled-label ICL and the function vector of each method's top ``k``
+        heads on zero-shot and on shuffled-label prompts."""
         rows = []
         for c in self.comparisons:
             row = {"task": c.task} | c.agreement(self.settings.k)
@@ -45,12 +46,12 @@ class HeadRoles:
                 row[f"forwards_{method}"] = c.effects[method].forwards
                 row[f"seconds_{method}"] = round(c.seconds[method], 2)
             row["speedup"] = c.seconds["exact"] / c.seconds["attribution"]
-            for condition in ("zero_shot", "icl", "fv_exact", "fv_attribution"):
+            for condition in CONDITIONS:
                 estimate = c.accuracy(condition)
                 row[condition] = estimate.value
                 row[f"{condition}_ci"] = estimate.format(2)
             row["n_test"] = len(c.hits["icl"])
-            row |= {f"layer_{m}": c.layers[m] for m in METHODS}
+            row |= {f"layer_{name}": layer for name, layer in c.layers.items()}
             rows.append(row)
         return pd.DataFrame(rows)
 
