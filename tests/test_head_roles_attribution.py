@@ -22,6 +22,7 @@ from icl_mech.function_vectors import (
     indirect_effects,
     mean_head_outputs,
 )
+from icl_mech.head_roles import verified
 from icl_mech.head_roles.residual_map import residual_map, same_length_twins
 from icl_mech.icl_prompt import ICLPrompt
 from icl_mech.threads import torch_threads
@@ -489,3 +490,21 @@ def test_twins_of_different_length_are_refused_naming_both(tiny_llama, antonym):
         residual_map(tiny_llama, clean, other)
     message = str(error.value)
     assert f"{a} tokens" in message and f"twin {b}" in message and "same_length_twins" in message
+
+
+def test_verified_recomputes_the_candidates_layers_exactly(tiny_llama):
+    """AtP*'s cheap fix here: the layers holding the top candidates become exact, the rest
+    stay the estimate, and the passes of both are counted."""
+    clean, shuffled = effect_prompts(tasks.load("antonym"), 4, 2, seed=0)
+    with torch_threads(1):
+        estimate = indirect_effects(tiny_llama, clean, shuffled, method="attribution")
+        exact = indirect_effects(tiny_llama, clean, shuffled)
+        checked = verified(tiny_llama, clean, shuffled, estimate, top=2)
+    layers = sorted({layer for layer, _ in estimate.top(2)})
+    for i, layer in enumerate(estimate.layers):
+        expected = exact if layer in layers else estimate
+        torch.testing.assert_close(
+            checked.effects[:, i], expected.effects[:, i], rtol=1e-5, atol=1e-7
+        )
+    assert checked.forwards > estimate.forwards
+    assert checked.method.startswith("attribution, exact at layers")

@@ -15,8 +15,9 @@ graph, the forward and the backward cover the last token alone. Memory is that o
 What the first order ignores (Kramár et al. 2024, AtP*): a patch that moves P(correct) far
 along a saturated softmax (P near 0 or 1) is underestimated or missed, and heads whose direct
 and indirect paths cancel look smaller than they are (or large when they are not). The heads
-it ranks high are candidates: ``verify`` in :func:`icl_mech.head_roles.attribution` recomputes
-the exact effect of the layers that hold them, which is cheap on this cached path.
+it ranks high are candidates: :func:`icl_mech.head_roles.verified` recomputes the exact effect
+of the layers that hold them (a pass per such layer and batch on the cached path), which is
+the cheap fix here.
 """
 
 from __future__ import annotations

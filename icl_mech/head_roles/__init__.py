@@ -15,7 +15,7 @@ from icl_mech.head_roles.ablation_experiment import (
     accuracy_table,
     head_sets,
 )
-from icl_mech.head_roles.comparison import TaskComparison, agreement, compare_task
+from icl_mech.head_roles.comparison import TaskComparison, agreement, compare_task, verified
 from icl_mech.head_roles.induction import HeadScores, induction_scores
 from icl_mech.head_roles.residual_map import ResidualMap, residual_map, same_length_twins
 from icl_mech.head_roles.results import HeadRoles
@@ -44,4 +44,5 @@ __all__ = [
     "same_length_twins",
     "text_windows",
     "token_loss_difference",
+    "verified",
 ]

@@ -12,6 +12,7 @@ layer sweep), and every accuracy is scored on test.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -63,6 +64,22 @@ def agreement(exact: IndirectEffect, estimate: IndirectEffect, k: int = 10) -> d
     shared = set(exact.top(k)) & set(estimate.top(k))
     return {"spearman": spearman(a, b), "pearson": pearson(a, b), f"top{k}_overlap": len(shared),
             "k": k}  # fmt: skip
+
+
+def verified(
+    model, clean, shuffled, estimate: IndirectEffect, top: int = 10, batch_size: int = 8
+) -> IndirectEffect:
+    """``estimate`` (attribution) with every layer that holds one of its ``top`` heads
+    recomputed exactly: the candidates' effects, and their neighbours', are then exact. The
+    passes of both are counted; ``method`` says which layers are exact."""
+    layers = sorted({layer for layer, _ in estimate.top(top)})
+    exact = indirect_effects(model, clean, shuffled, layers=layers, batch_size=batch_size)
+    effects = estimate.effects.clone()
+    for i, layer in enumerate(layers):
+        effects[:, estimate.layers.index(layer)] = exact.effects[:, i]
+    method = f"attribution, exact at layers {','.join(map(str, layers))}"
+    return dataclasses.replace(estimate, effects=effects, method=method,
+                               forwards=estimate.forwards + exact.forwards)  # fmt: skip
 
 
 def compare_task(model, task: Task, settings: Settings, progress: bool = False) -> TaskComparison:
