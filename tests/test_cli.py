@@ -60,6 +60,23 @@ TINY = {
         paraphrase_strengths="0.1",
         pair_sets="negative_positive",
     ),  # fmt: skip
+    "head-roles": dict(
+        io_tasks="country_capital",
+        class_tasks="sentiment",
+        n_prompts="3",
+        n_dev="3",
+        n_test="3",
+        n_demonstrations="2",
+        ablation_ks="1",
+        n_sequences="2",
+        n_tokens="8",
+        n_windows="2",
+        window="40",
+        early="10",
+        late="30",
+        span="3",
+        map_layers="1",
+    ),  # fmt: skip
     "icl-gd": dict(
         linear_steps="20",
         linear_batch="64",

@@ -37,6 +37,7 @@ from icl_mech import (
 from icl_mech.anchors import saliency
 from icl_mech.evaluation import build_prompts, icl_accuracy
 from icl_mech.icv import generate
+from icl_mech.threads import torch_threads
 
 RESID = "blocks.1.hook_resid_post"
 
@@ -55,7 +56,7 @@ def forwards(model):
 @pytest.fixture(autouse=True)
 def one_thread():
     # tiny forwards are many times faster on one thread when the cores are shared
-    with models.torch_threads(1):
+    with torch_threads(1):
         yield
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from icl_mech import tasks as bundled
+from icl_mech.errors import IclMechError
 from icl_mech.head_roles.ablation_experiment import (
     ablation_accuracy,
     ablation_token_loss,
@@ -28,6 +29,7 @@ NOTE = (
 
 
 def run_head_roles(model, settings: Settings, progress: bool = False) -> HeadRoles:
+    check_ks(model, settings)
     io_tasks = [bundled.resolve(t) for t in settings.io_tasks]
     class_tasks = [bundled.resolve(t) for t in settings.class_tasks]
     scores = induction_scores(model, settings.n_tokens, settings.n_sequences, settings.seed,
@@ -51,6 +53,19 @@ def run_head_roles(model, settings: Settings, progress: bool = False) -> HeadRol
         )
         residual = residual_map(model, *pairs[0], layers=layers, exact=True)
     return HeadRoles(settings, comparisons, scores, fv_ranking, sets, correct, token_loss, residual)
+
+
+def check_ks(model, settings: Settings) -> None:
+    """Every k fits the model: two disjoint sets of k and a random control of k more."""
+    heads = model.cfg.n_layers * model.cfg.n_heads
+    largest = max(settings.ablation_ks)
+    if 3 * largest > heads:
+        raise IclMechError(
+            f"head-roles settings: ablation_ks={list(settings.ablation_ks)} has k={largest}, "
+            f"which needs {3 * largest} heads (induction and FV sets of k, random heads "
+            f"beside them), but {model.cfg.model_name} has {heads}; choose every k <= "
+            f"{heads // 3}"
+        )
 
 
 def compute(model, settings: Settings, progress: bool = True) -> Report:

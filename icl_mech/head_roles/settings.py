@@ -25,7 +25,7 @@ class Settings(base.Settings):
     each averaged over ``span`` tokens)."""
 
     QUICK = dict(
-        io_tasks=("country_capital", "antonym"), class_tasks=("sentiment",), n_prompts=8,
+        io_tasks=("country_capital",), class_tasks=("sentiment",), n_prompts=8,
         n_dev=8, n_test=12, n_sequences=4, n_tokens=30, ablation_ks=(1, 2, 5), n_windows=2,
         window=128, early=20, late=120, span=5, map_layers=4,
     )  # fmt: skip
