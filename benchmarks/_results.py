@@ -112,3 +112,15 @@ def write(name: str, payload: dict, packages: tuple[str, ...] = ()) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return FOLDER / f"{name}.json"
+
+
+def proc_status(key: str) -> int | None:
+    """A ``/proc/self/status`` memory line (``VmRSS``, ``VmHWM``) in bytes; None elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

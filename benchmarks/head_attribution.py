@@ -105,29 +105,18 @@ def seconds(fn):
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def _status(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def peak_memory_here(fn) -> tuple[int, str]:
     """Peak resident bytes above the level before ``fn``, and how it was measured."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")  # VmHWM := VmRSS
-        before = _status("VmRSS")
+        before = _results.proc_status("VmRSS")
     except OSError:
         before = None
     if before is not None:
         fn()
-        return _status("VmHWM") - before, "VmHWM"
+        return _results.proc_status("VmHWM") - before, "VmHWM"
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
     fn()
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, "ru_maxrss"

@@ -61,17 +61,6 @@ def ratio(a: tuple, b: tuple) -> tuple:
     return a[0] / b[0], a[1] / b[1]
 
 
-def _status(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def peak_memory_here(fn) -> int | None:
     """Peak resident bytes above the level before the run (None if not measurable)."""
     try:
@@ -80,9 +69,9 @@ def peak_memory_here(fn) -> int | None:
             refs.write("5")  # resets VmHWM to the current resident size
     except OSError:
         return None
-    before = _status("VmRSS")
+    before = _results.proc_status("VmRSS")
     fn()
-    after = _status("VmHWM")
+    after = _results.proc_status("VmHWM")
     return None if before is None or after is None else after - before
 
 

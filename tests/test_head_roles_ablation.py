@@ -5,11 +5,10 @@ the errors before any forward."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
+from spies import no_forward
 
 from icl_mech import Capture, HookSpec, IclMechError, PromptBatch, attach, run, tasks
 from icl_mech.batching import TextBatch
@@ -42,24 +41,6 @@ def texts():
 
 def all_heads(model) -> list[tuple[int, int]]:
     return [(layer, h) for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-
-
-@contextmanager
-def no_forward(model) -> Iterator[None]:
-    """Any forward pass inside the block (the model's, or one resumed at a block) fails the
-    test: a PyTorch pre-hook on the model and on every block, which both backends run through
-    ``Module.__call__``. (Not by patching ``forward``: a bridge block writes attributes through
-    to the Hugging Face layer it wraps, so the patch could not be undone.)"""
-
-    def fail(module, args):
-        pytest.fail("a forward pass ran")
-
-    handles = [module.register_forward_pre_hook(fail) for module in (model, *model.blocks)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def reader(names: list[str], into: dict) -> list[HookSpec]:

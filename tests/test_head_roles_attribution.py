@@ -5,11 +5,11 @@ residual-stream map against finite differences and an independent patch."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 import torch
+from spies import no_forward
 
 from icl_mech import HookSpec, IclMechError, PromptBatch, attach, scoring, tasks
 from icl_mech import tiny_model as make_tiny
@@ -107,24 +107,6 @@ def derivative(moved: Callable[[float], float], rounded: bool) -> float:
 
 def no_hooks_left(model) -> bool:
     return all(not point.fwd_hooks and not point.bwd_hooks for point in model.hook_dict.values())
-
-
-@contextmanager
-def no_forward(model) -> Iterator[None]:
-    """Any forward pass inside the block (the model's, or one resumed at a block) fails the
-    test: a PyTorch pre-hook on the model and on every block, which both backends run through
-    ``Module.__call__``. (Not by patching ``forward``: a bridge block writes attributes through
-    to the Hugging Face layer it wraps, so the patch could not be undone.)"""
-
-    def fail(module, args):
-        pytest.fail("a forward pass ran")
-
-    handles = [module.register_forward_pre_hook(fail) for module in (model, *model.blocks)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def forced(model, prompt) -> tuple[torch.Tensor, int, scoring.Gold]:
