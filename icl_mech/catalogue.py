@@ -12,6 +12,7 @@ from __future__ import annotations
 from icl_mech import interventions, show
 from icl_mech.anchors import aucroc, isolation, positions_continued, reweighting, saliency
 from icl_mech.anchors import figures as anchor_figures
+from icl_mech.context_vectors import aggregation, injection, states
 from icl_mech.function_vectors import heads
 from icl_mech.head_roles import ablation
 from icl_mech.hooks import kinds, make
@@ -31,6 +32,9 @@ KIND_MODULES = (
     saliency,
     heads,
     ablation,
+    injection,
+    states,
+    aggregation,
     steering,
     patching,
 )

@@ -42,6 +42,7 @@ NAMES = (
     "task-vectors",
     "function-vectors",
     "head-roles",
+    "vector-atlas",
     "icv",
     "icl-gd",
 )

@@ -86,6 +86,28 @@ def scored_hits(
     return [bool(h) for h in hits]
 
 
+def hits(
+    model, prompts: Sequence[ICLPrompt], items: Sequence = (), batch_size: int = 16
+) -> list[bool]:
+    """Per prompt, in input order: right or not with ``items`` attached. Classification: the
+    predicted class (argmax over the label words' first tokens) is the gold class; input→output:
+    :mod:`icl_mech.scoring`'s rule (``scored_hits``)."""
+    if len(prompts) == 0:
+        return []
+    classification = prompts[0].task.is_classification
+    golds = None if classification else scoring.golds(model, prompts)
+    out = [False] * len(prompts)
+    for index, batch in batched(model, prompts, batch_size):
+        if golds is None:
+            classes = torch.tensor([p.task.class_index(p.answer) for p in batch.prompts])
+            right = (predict(model, batch, *items).cpu() == classes).tolist()
+        else:
+            right = scored_hits(model, batch, [golds[i] for i in index], items=items)
+        for i, hit in zip(index, right):
+            out[i] = bool(hit)
+    return out
+
+
 @dataclass
 class AccuracyResult:
     task: str

@@ -50,6 +50,11 @@ ABOUT: dict[str, About] = {
         "attribution patching (Nanda 2023; Kramar et al. 2024) and induction heads (Olsson et "
         "al. 2022)",
     ),
+    "vector-atlas": About(
+        "vector_atlas_",
+        "Every way to put a task into a vector: task vectors, function vectors, ICL state "
+        "vectors (Li et al. 2024), I2CL (Li et al. 2025) and in-context vectors, side by side",
+    ),
     "icv": About("icv_", "In-context vectors (Liu et al. 2023)"),
     "icl-gd": About(
         "icl_gd_",

@@ -30,6 +30,8 @@ from icl_mech.report import ABOUT, About, Report, writable_folder
 from icl_mech.settings import Settings
 from icl_mech.task_vectors import reproduce as task_vectors
 from icl_mech.threads import run_threads, threads_for
+from icl_mech.vector_atlas import reproduce as vector_atlas
+from icl_mech.vector_atlas.settings import Settings as VectorAtlasSettings
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
         function_vectors.Settings, function_vectors.compute, ABOUT["function-vectors"]
     ),
     "head-roles": Reproduction(HeadRolesSettings, head_roles.compute, ABOUT["head-roles"]),
+    "vector-atlas": Reproduction(VectorAtlasSettings, vector_atlas.compute, ABOUT["vector-atlas"]),
     "icv": Reproduction(icv.Settings, icv.compute, ABOUT["icv"]),
     "icl-gd": Reproduction(gd.Settings, gd.compute, ABOUT["icl-gd"]),
 }

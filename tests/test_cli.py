@@ -77,6 +77,25 @@ TINY = {
         span="3",
         map_layers="1",
     ),  # fmt: skip
+    "vector-atlas": dict(
+        io_tasks="country_capital",
+        class_tasks="sentiment",
+        n_prompts="3",
+        n_dev="3",
+        n_test="3",
+        n_demonstrations="2",
+        n_dummies="1",
+        inner_last="2",
+        k="3",
+        i2cl_shots="1",
+        epochs="2",
+        calibration_batch="1",
+        icv_pairs="3",
+        icv_strengths="0.1",
+        batch_size="4",
+        effect_batch_size="2",
+        groups="2",
+    ),  # fmt: skip
     "icl-gd": dict(
         linear_steps="20",
         linear_batch="64",

@@ -145,7 +145,7 @@ def evaluate_task(
                             task.name, condition)  # fmt: skip
         curves.append(curve)
         layers[condition] = curve.best_layer
-        correct[condition] = _patched_hits(
+        correct[condition] = patched_hits(
             model, test_batches, test_data.gold, test_vectors, mode, curve.best_layer, settings
         )
     plain = {
@@ -187,7 +187,7 @@ def layer_curve(
     return LayerSweep(task, condition, split, layers, model.cfg.n_layers, (correct / n).tolist(), n)
 
 
-def _patched_hits(model, tokenised, gold, vectors, mode, layer, settings) -> list[bool]:
+def patched_hits(model, tokenised, gold, vectors, mode, layer, settings) -> list[bool]:
     """Per query (in query order): the answer is right with the vector at ``layer``."""
     hits = [False] * len(gold)
     for index, batch in tokenised:

@@ -12,12 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
-import torch
 from tqdm import tqdm
 
-from icl_mech import scoring, stats
-from icl_mech.batching import batched
-from icl_mech.evaluation import build_prompts, predict, scored_hits
+from icl_mech import stats
+from icl_mech.evaluation import build_prompts, hits
 from icl_mech.function_vectors.heads import Head
 from icl_mech.head_roles.ablation import (
     MeanAblateHeads,
@@ -70,12 +68,11 @@ def ablation_accuracy(
     for task in tqdm(tasks, desc="ablation", disable=not progress, leave=False):
         prompts = _prompts(model, task, settings)
         full = mean_ablation(model, prompts, _all_heads(model), settings.batch_size)
-        gold = None if task.is_classification else scoring.golds(model, prompts)
         done: dict = {}
         for (k, condition), heads in sets.items():
             key = tuple(heads)
             if key not in done:  # "none" is the same run for every k
-                done[key] = _hits(model, prompts, gold, _ablating(full, heads), settings)
+                done[key] = hits(model, prompts, _ablating(full, heads), settings.batch_size)
             kind = "classification" if task.is_classification else "io"
             for i, hit in enumerate(done[key]):
                 rows.append({"kind": kind, "task": task.name, "k": k, "condition": condition,
@@ -87,19 +84,6 @@ def _prompts(model, task: Task, settings: Settings):
     shots = settings.class_demonstrations if task.is_classification else settings.n_demonstrations
     pool, test = task.split(min(settings.n_test, len(task.examples) // 3), settings.seed)
     return build_prompts(pool, shots, test.examples, settings.seed)
-
-
-def _hits(model, prompts, gold, items: list, settings: Settings) -> list[bool]:
-    out = [False] * len(prompts)
-    for index, batch in batched(model, prompts, settings.batch_size):
-        if gold is None:
-            classes = [p.task.class_index(p.answer) for p in batch.prompts]
-            right = (predict(model, batch, *items).cpu() == torch.tensor(classes)).tolist()
-        else:
-            right = scored_hits(model, batch, [gold[i] for i in index], items=items)
-        for i, hit in zip(index, right):
-            out[i] = bool(hit)
-    return out
 
 
 def ablation_token_loss(model, sets: dict, settings: Settings, progress: bool = False):

@@ -33,7 +33,7 @@ class TaskVector(Vector):
     Its ``kind`` is ``provenance["kind"]``: ``"theta"`` (default) or ``"mean-difference"``.
     """
 
-    KINDS = ("theta", "mean-difference")
+    KINDS = ("theta", "mean-difference", "state-vector")
     TENSORS = ("values",)
 
     values: Float[Tensor, "sets layer d_model"]
