@@ -106,8 +106,9 @@ def evaluate_task(model, task: Task, settings: Settings, progress: bool = False)
                                           curve.best_layer, settings)  # fmt: skip
         costs.inference(condition, zero_tokens, time.perf_counter() - start, len(test.examples))
         used[condition] = Used(test_data.zero_shot, test_vectors, mode, curve.best_layer)
-    costs.rows["state_inner"].update(costs.rows["task_vector"] | {"method": "state_inner"})
-    costs.rows["state_momentum"].update(costs.rows["task_vector"] | {"method": "state_momentum"})
+    shared = {k: v for k, v in costs.rows["task_vector"].items() if k.startswith("extraction")}
+    for state in ("state_inner", "state_momentum"):  # read in θ's pass: the same extraction
+        costs.rows[state].update(shared)
     with costs.extraction("icv", 2 * min(settings.icv_pairs, len(train.examples))):
         icv = extract_icv(model, train.examples[: settings.icv_pairs],
                           batch_size=settings.batch_size)  # fmt: skip
