@@ -1,4 +1,6 @@
-"""Every notebook runs top to bottom in quick mode, and is committed with its outputs."""
+"""Every notebook runs top to bottom, and is committed with its outputs. CI runs the notebooks at
+smoke size (ICL_MECH_QUICK=smoke: the same cells, smaller sizes); `make notebooks` runs them
+at quick size (ICL_MECH_QUICK=1), and its outputs are the committed ones."""
 
 from pathlib import Path
 
@@ -65,7 +67,7 @@ def test_committed_notebook_has_no_progress_bars(path):
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("ICL_MECH_QUICK", "1")
+    monkeypatch.setenv("ICL_MECH_QUICK", "smoke")  # smaller than `make notebooks` (quick)
     monkeypatch.setenv("ICL_MECH_FIGURES", str(tmp_path))
     for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):  # as `make notebooks` runs
         monkeypatch.setenv(name, "1")
