@@ -48,6 +48,7 @@ from icl_mech.anchors.positions_continued import ContinuePositions
 from icl_mech.anchors.reweighting import AnchorReweighting, anchor_columns, train_beta
 from icl_mech.backends import TL_MAJOR, backend_of
 from icl_mech.batching import encode_text
+from icl_mech.context_vectors import calibrate, context_vectors, extract_states, per_class
 from icl_mech.evaluation import build_prompts
 from icl_mech.function_vectors import effect_prompts, indirect_effects, naive_indirect_effects
 from icl_mech.head_roles import induction_scores, mean_ablation, residual_map, same_length_twins
@@ -58,6 +59,7 @@ from icl_mech.models import GEMMA_NAME
 from icl_mech.resume import forward_from
 from icl_mech.task_vectors import (
     ReplaceResidual,
+    draw_dummies,
     extract,
     greedy,
     naive_sweep_logits,
@@ -697,3 +699,69 @@ def test_continue_positions_moves_the_query(models, column):
             model, queries.tokens, start=0, attention_mask=mask, cache=wide.for_model(model)
         )
     assert not torch.allclose(far[:, -1], own, atol=1e-3)
+
+
+# --- context vectors that learn: I2CL and ICL state vectors ------------------------------------
+
+I2CL_QUERIES = ("a fine film", "a dull, slow and far too long story about the rain in winter")
+
+
+def _i2cl(model):
+    """Context vectors of 2 demonstrations, the injected logits of 2 zero-shot queries
+    (together and alone), λ = 0, and 2 epochs of calibration (2 steps of 2 short prompts)."""
+    demos = per_class(SENTIMENT, 1, seed=0)
+    vectors = context_vectors(model, SENTIMENT, demos)
+    inject = vectors.intervention()
+    batch = batch_of(model, [ICLPrompt.zero_shot(SENTIMENT, q) for q in I2CL_QUERIES])
+    with torch.no_grad():
+        plain = target_logits(model, batch)
+        zero = target_logits(model, batch, vectors.intervention(strength=0.0))
+        injected = target_logits(model, batch, inject)
+        alone = [target_logits(model, batch_of(model, [p]), inject)[0] for p in batch.prompts]
+    calibrated = calibrate(model, vectors, SENTIMENT, demos, epochs=2, seed=0)
+    return vectors, plain, zero, injected, torch.stack(alone), calibrated, inject.kind
+
+
+@columns
+def test_i2cl(models, memo, column):
+    vectors, plain, zero, injected, alone, calibrated, kind = once(memo, models, "i2cl", column,
+                                                                   _i2cl)  # fmt: skip
+    assert kind == "i2cl"
+    close(zero, plain, size(plain), 1e-6)  # λ = 0 changes nothing
+    assert not torch.allclose(injected, plain)
+    close(injected, alone, size(injected), 1e-4)  # batched (left-padded) == unbatched
+    moved = (calibrated.coefficients - vectors.coefficients).abs().max()
+    assert moved > 1e-3  # the gradient reached the coefficients
+    assert len(calibrated.provenance["calibration"]["losses"]) == 2
+    hooked = partner_result(memo, models, "i2cl", column, _i2cl)
+    if hooked is not None:
+        close(vectors.values, hooked[0].values, size(vectors.values), 1e-4)
+        close(injected, hooked[3], size(injected), 1e-4)
+        # the gradient flows through the bridge's hooks as through the hooked model's
+        close(calibrated.coefficients, hooked[5].coefficients, 1.0, 1e-4)
+        losses = calibrated.provenance["calibration"]["losses"]
+        assert losses == pytest.approx(hooked[5].provenance["calibration"]["losses"], rel=1e-4)
+
+
+def _state_vectors(model):
+    pool, _ = CAPITALS.split(2, seed=0)
+    sets = sample_sets(pool, 2, 3, seed=0)
+    dummies = draw_dummies(pool, sets, n_dummies=2, seed=0)
+    layers = _few_layers(model)
+    states = extract_states(model, pool, sets, dummies, layers=layers, batch_size=2)
+    alone = extract_states(model, pool, sets, dummies, layers=layers, batch_size=1)
+    theta = extract(model, pool, sets, dummies, layers=layers, batch_size=2)
+    return states, alone, theta
+
+
+@columns
+def test_state_vectors(models, memo, column):
+    states, alone, theta = once(memo, models, "state_vectors", column, _state_vectors)
+    assert states.values.shape[:2] == (2, 4)  # 2 sets, 3 demonstrations + the query
+    scale = size(states.values)
+    close(states.values, alone.values, scale, 1e-4)  # batched == unbatched
+    close(states.values[:, -1], theta.values, scale, 1e-5)  # the final state is θ
+    close(states.inner(last=1).values, theta.values, scale, 1e-5)
+    hooked = partner_result(memo, models, "state_vectors", column, _state_vectors)
+    if hooked is not None:
+        close(states.values, hooked[0].values, scale, 1e-4)

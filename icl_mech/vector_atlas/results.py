@@ -75,7 +75,8 @@ class AtlasResults:
         for t in self.tasks:
             for condition in t.correct:
                 row = {"task": t.task, "kind": t.kind, "condition": condition}
-                row |= t.estimate(condition).as_dict("accuracy")
+                estimate = t.estimate(condition)
+                row |= estimate.as_dict("accuracy") | {"accuracy_ci": estimate.format(2)}
                 row["layer"] = t.layers.get(condition)
                 rows.append(row)
         return pd.DataFrame(rows)
@@ -89,10 +90,12 @@ class AtlasResults:
             for condition in [c for c in self.conditions() if c in set(part.condition)]:
                 these = part[part.condition == condition].sort_values(["task", "query"])
                 row = {"kind": kind, "condition": condition, "n_tasks": these.task.nunique()}
-                row |= stats.stratified(these.correct, these.task).as_dict("accuracy")
+                accuracy = stats.stratified(these.correct, these.task)
+                row |= accuracy.as_dict("accuracy") | {"accuracy_ci": accuracy.format(2)}
                 if len(zero) == len(these) and not condition.endswith(":labels"):
                     gain = these.correct.to_numpy(float) - zero.correct.to_numpy(float)
-                    row |= _prefixed(stats.stratified(gain, these.task).as_dict("gain"))
+                    estimate = stats.stratified(gain, these.task)
+                    row |= _prefixed(estimate.as_dict("gain")) | {"gain_ci": estimate.format(2)}
                 rows.append(row)
         return pd.DataFrame(rows)
 
@@ -110,7 +113,8 @@ class AtlasResults:
                 share = row["gain"] / icl if icl > 0 else float("nan")
                 rows.append({"kind": kind, "vector": vector, "accuracy": row["accuracy"],
                              "gain": row["gain"], "gain_low": row["gain_low"],
-                             "gain_high": row["gain_high"], "share_of_icl_gain": share,
+                             "gain_high": row["gain_high"], "gain_ci": row["gain_ci"],
+                             "share_of_icl_gain": share,
                              "works": bool(row["gain_low"] > 0 and share >= WORKS)})  # fmt: skip
         return pd.DataFrame(rows)
 
