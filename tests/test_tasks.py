@@ -78,6 +78,7 @@ def test_real_dataset_loaders_on_local_files(name, tmp_path):
     assert (task.template, task.classes) == (bundled.template, bundled.classes)
     assert [e.y for e in task.examples] == [schema.names[r[schema.label]] for r in rows]
     assert task.examples[0].x == "text number 0"
+    assert task.name == name and task.source.endswith("rows.jsonl")  # not the bundled task's
 
 
 def test_emocontext_turn_columns(tmp_path):

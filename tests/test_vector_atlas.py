@@ -2,6 +2,8 @@
 through plain hooks (not the cached layer sweep nor the batched scorer); its settings refuse
 bad values before any model work."""
 
+import json
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from icl_mech import IclMechError, attach, tasks
 from icl_mech.batching import encode_text
 from icl_mech.interventions import AddVector, Patch
 from icl_mech.scoring import golds
+from icl_mech.tasks.real import SCHEMAS, load_real
 from icl_mech.vector_atlas import Settings, evaluate_task
 from icl_mech.vector_atlas.split import as_io
 
@@ -77,6 +80,26 @@ def test_results_are_tidy_and_the_splits_disjoint(atlas):
     i2cl_cost = next(r for r in result.costs if r["method"] == "i2cl")
     assert i2cl_cost["tokens_per_query"] == zero["tokens_per_query"] < icl["tokens_per_query"]
     assert set(result.lens["vector"]) == set(result.vectors)
+
+
+def test_a_real_dataset_from_local_files_runs_like_the_same_examples_bundled(tiny_llama, tmp_path):
+    """The real-text loaders' local files (SST-2's columns: a sentence, an integer label) go
+    through the atlas as the bundled task holding the same examples does: the same vectors, the
+    same hits; only the name and the source differ."""
+    sentiment = tasks.load("sentiment")
+    examples = sentiment.examples[:40]
+    rows = [{"sentence": e.x, "label": SCHEMAS["sst2"].names.index(e.y)} for e in examples]
+    path = tmp_path / "sst2_sample.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    real = load_real("sst2", data_files=str(path))
+    settings = Settings.quick(**TINY, io_tasks=(), class_tasks=(real,))
+    from_file = evaluate_task(tiny_llama, real, settings)
+    bundled = evaluate_task(tiny_llama, sentiment.with_examples(examples), settings)
+    assert from_file.task == "sst2" and bundled.task == "sentiment"
+    assert from_file.correct == bundled.correct
+    assert from_file.vectors.keys() == bundled.vectors.keys()
+    for name, values in from_file.vectors.items():
+        torch.testing.assert_close(values, bundled.vectors[name], rtol=0, atol=0, msg=name)
 
 
 def test_settings_refuse_bad_values_before_any_model_work():

@@ -6,6 +6,7 @@ return a ``Task`` with the same template and label words as the bundled task of 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from icl_mech import tasks
@@ -68,10 +69,15 @@ def load_real(
         rows = datasets.load_dataset(builder, data_files=data_files, split="train")
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
-    return _to_task(name, schema, rows)
+    source = (
+        schema.hub_id
+        if data_files is None
+        else ", ".join([data_files] if isinstance(data_files, str) else data_files)
+    )
+    return _to_task(name, schema, rows, source)
 
 
-def _to_task(name: str, schema: Schema, rows) -> Task:
+def _to_task(name: str, schema: Schema, rows, source: str) -> Task:
     columns = set(rows.column_names)
     turns = [c for c in ("turn1", "turn2", "turn3") if c in columns]
     if schema.text not in columns and not turns or schema.label not in columns:
@@ -88,5 +94,7 @@ def _to_task(name: str, schema: Schema, rows) -> Task:
                 f"dataset {name!r}: label {label} outside 0..{len(schema.names) - 1}"
             )
         examples.append(Demonstration(text.strip(), schema.names[label]))
-    bundled = tasks.load(schema.bundled)
-    return bundled.with_examples(examples)
+    # the bundled task's template and label words, under the dataset's own name and source, so
+    # a run holding both (an atlas of bundled and real tasks) tells them apart
+    bundled = tasks.load(schema.bundled).with_examples(examples)
+    return dataclasses.replace(bundled, name=name, source=source)
