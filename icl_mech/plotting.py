@@ -68,8 +68,9 @@ def show_zero_bars(ax, bars, fmt: str = "%.2f", labelled: bool = False) -> None:
         bar.set_linewidth(1.2)
         if not labelled:
             at = (bar.get_x() + bar.get_width() / 2, 0)
-            ax.annotate(fmt % 0, at, xytext=(0, 2), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=7)  # fmt: skip
+            narrow = bar.get_width() < 0.12  # many bars per group: "0.00" would run together
+            ax.annotate("0" if narrow else fmt % 0, at, xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=6 if narrow else 7)  # fmt: skip
 
 
 def grouped_bars(

@@ -62,6 +62,9 @@ def cost_bars(results: AtlasResults) -> Figure:
         ax.bar_label(bars, fmt="%.1f", fontsize=6)
         ax.set_ylabel(label)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        for tick in ax.get_xticklabels():  # each label ends under its own bar
+            tick.set(ha="right", rotation_mode="anchor")
+    axes[0, 1].set_title("I2CL's includes its calibration", fontsize=8)
     fig.suptitle("What each way costs (mean over tasks)")
     return fig
 
@@ -69,12 +72,12 @@ def cost_bars(results: AtlasResults) -> Figure:
 def calibration_curves(results: AtlasResults) -> Figure:
     """I2CL's calibration loss per epoch, one line per task."""
     frame = results.calibration_frame()
-    fig, ax = figure(4.8, 3.2)
+    fig, ax = figure(6.2, 3.2)
     for task, part in frame.groupby("task", sort=False):
         ax.plot(part["epoch"], part["loss"], label=task, lw=1)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss on the demonstrations")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set_title("I2CL calibration: only the coefficients learn", fontsize=9)
     return fig

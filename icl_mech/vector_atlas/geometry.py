@@ -36,7 +36,7 @@ def lens(model, vectors: dict[str, Tensor], layers: dict[str, int], top: int) ->
             probabilities = unembed(model, residual).float().softmax(-1)[0]
             best = probabilities.topk(top)
             for rank, (p, token) in enumerate(zip(best.values.tolist(), best.indices.tolist())):
-                text = model.tokenizer.decode([token])
+                text = repr(model.tokenizer.decode([token]))  # quoted: " " and "\n" show
                 rows.append({"vector": name, "layer": layer, "rank": rank + 1, "token": text,
                              "probability": p})  # fmt: skip
     return pd.DataFrame(rows)
