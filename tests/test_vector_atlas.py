@@ -3,6 +3,7 @@ through plain hooks (not the cached layer sweep nor the batched scorer); its set
 bad values before any model work."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -115,3 +116,16 @@ def test_settings_refuse_bad_values_before_any_model_work():
         Settings.quick(momentum_beta=1.0)
     with pytest.raises(IclMechError, match="classification"):
         Settings.quick(class_tasks=("antonym",))
+
+
+def test_a_task_where_icl_shows_no_gain_is_said_out_loud():
+    from icl_mech.validate import IclMechWarning
+    from icl_mech.vector_atlas.evaluate import _warn_without_icl_gain
+
+    flat = {"icl": [True, False] * 8, "zero_shot": [False, True] * 8}
+    with pytest.warns(IclMechWarning, match=r"task 'succ'.*\(n = 16\).*includes zero"):
+        _warn_without_icl_gain("succ", flat)
+    clear = {"icl": [True] * 16, "zero_shot": [False] * 16}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_without_icl_gain("succ", clear)

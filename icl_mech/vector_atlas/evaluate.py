@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import einops
 from tqdm import tqdm
 
-from icl_mech import scoring
+from icl_mech import scoring, stats, validate
 from icl_mech.context_vectors import calibrate, context_vectors, per_class
 from icl_mech.evaluation import hits
 from icl_mech.function_vectors.evaluate import layer_curve, patched_hits
@@ -147,6 +147,7 @@ def evaluate_task(model, task: Task, settings: Settings, progress: bool = False)
         "i2cl": i2cl.residual_change(),
     }
     at = {name: layers.get(name, layers["task_vector"]) for name in geometry}
+    _warn_without_icl_gain(task.name, correct)
     return AtlasTask(
         task.name, kind, model.cfg.n_layers, len(dev.examples), len(test.examples), layers,
         icv_strength, correct, curves, list(costs.rows.values()), geometry,
@@ -168,6 +169,18 @@ def evaluate(
         for task in tqdm(tasks, desc="vector atlas", disable=not progress, leave=False)
     ]
     return AtlasResults(results, settings)
+
+
+def _warn_without_icl_gain(task: str, correct: dict[str, list[bool]]) -> None:
+    """The atlas measures how much of ICL's gain a vector recovers: say so when there is none."""
+    gain = stats.paired(correct["icl"], correct["zero_shot"])
+    if gain.low <= 0:
+        validate.warn(
+            f"vector atlas, task {task!r}: ICL's gain over zero-shot is {gain} "
+            f"(n = {gain.n}), an interval that includes zero; no vector on this task can be "
+            "judged by the share of a gain that is not shown (more test queries or another "
+            "model may show one)"
+        )
 
 
 def _optimised(states, settings: Settings) -> tuple:
