@@ -69,12 +69,8 @@ def load_real(
         rows = datasets.load_dataset(builder, data_files=data_files, split="train")
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
-    source = (
-        schema.hub_id
-        if data_files is None
-        else ", ".join([data_files] if isinstance(data_files, str) else data_files)
-    )
-    return _to_task(name, schema, rows, source)
+    files = [data_files] if isinstance(data_files, str) else data_files
+    return _to_task(name, schema, rows, ", ".join(files) if files else schema.hub_id)
 
 
 def _to_task(name: str, schema: Schema, rows, source: str) -> Task:
