@@ -40,8 +40,14 @@ test-tl4:
 demo: setup
 	$(BIN)/icl-mech demo
 
+# every full run; head roles and the vector atlas also on Gemma-3-270M (their README sections
+# compare both models)
 figures: setup
 	$(BIN)/icl-mech reproduce all --out figures
+	for name in head-roles vector-atlas; do \
+		$(BIN)/icl-mech reproduce $$name --model gemma-3-270m \
+			--out figures/$$(echo $$name | tr - _)_gemma-3-270m || exit 1; \
+	done
 
 # re-execute the committed notebooks in place (quick settings), keeping their outputs; no
 # progress bars (transformers' "Loading weights" would be committed as a frozen widget)

@@ -147,12 +147,20 @@ def _cells() -> list[tuple[str, str, str]]:
     for name in ("icl - baseline", "fv_add - baseline", "fv_add - tv_replace",
                  "fv_shuffled - icl_shuffled"):  # fmt: skip
         cells.append((f"function vectors {name}", "function_vectors_", means[name]))
+    for folder in ("", "vector_atlas_gemma-3-270m/"):
+        summary = _table(f"{folder}vector_atlas_summary")
+        for row in summary.itertuples():
+            what = f"vector atlas {folder or 'SmolLM2 '}{row.kind} {row.condition}"
+            cells.append((what, f"{folder}vector_atlas_summary", row.accuracy_ci))
     return cells
 
 
 def _quoting(table: str) -> list[Block]:
-    """The README blocks whose named files include the table."""
-    return [b for b in README_BLOCKS if any(p.name.startswith(table) for p in b.files)]
+    """The README blocks whose named files include the table (``folder/name`` in that folder)."""
+    folder, _, name = table.rpartition("/")
+    inside = ROOT / "figures" / folder
+    return [b for b in README_BLOCKS
+            if any(p.name.startswith(name) and p.parent == inside for p in b.files)]  # fmt: skip
 
 
 @pytest.mark.parametrize("what, table, cell", _cells(), ids=[w for w, _, _ in _cells()])
