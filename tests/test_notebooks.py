@@ -2,6 +2,7 @@
 smoke size (ICL_MECH_QUICK=smoke: the same cells, smaller sizes); `make notebooks` runs them
 at quick size (ICL_MECH_QUICK=1), and its outputs are the committed ones."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -55,6 +56,9 @@ def test_notebook_is_committed_with_outputs(path):
     markers = ("site-packages", str(Path.home()), "/tmp/", checkout)
     leaked = [marker for marker in markers if marker in text]
     assert not leaked, f"{path.name} outputs show machine paths {leaked}"
+    located = re.search(r"\.py:\d+: \w*Warning", text)  # a warning printed with its file
+    where = text[located.start() - 60 : located.end()] if located else ""
+    assert not located, f"{path.name} shows where a warning was raised: ...{where}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
