@@ -8,12 +8,13 @@ import warnings
 import pytest
 import torch
 
-from icl_mech import IclMechError, attach, tasks
+from icl_mech import IclMechError, IclMechWarning, attach, tasks
 from icl_mech.batching import encode_text
 from icl_mech.interventions import AddVector, Patch
 from icl_mech.scoring import golds
 from icl_mech.tasks.real import SCHEMAS, load_real
 from icl_mech.vector_atlas import Settings, evaluate_task
+from icl_mech.vector_atlas.evaluate import _warn_without_icl_gain
 from icl_mech.vector_atlas.split import as_io
 
 TINY = dict(n_prompts=3, n_dev=3, n_test=6, n_demonstrations=2, n_dummies=1, inner_last=2, k=3,
@@ -119,9 +120,6 @@ def test_settings_refuse_bad_values_before_any_model_work():
 
 
 def test_a_task_where_icl_shows_no_gain_is_said_out_loud():
-    from icl_mech.validate import IclMechWarning
-    from icl_mech.vector_atlas.evaluate import _warn_without_icl_gain
-
     flat = {"icl": [True, False] * 8, "zero_shot": [False, True] * 8}
     with pytest.warns(IclMechWarning, match=r"task 'succ'.*\(n = 16\).*includes zero"):
         _warn_without_icl_gain("succ", flat)
