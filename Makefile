@@ -64,7 +64,7 @@ benchmarks: setup
 	# each script with the settings its committed record (benchmarks/results/*.json) was made with
 	for script in backends:--rounds=7 peers:--rounds=3 task_vectors:--repeats=3,--sets=8 \
 	        compression: grid_estimate: head_attribution: icl_gd: icv: registry_overhead: saliency: \
-	        sweep: threads:--settle=60 i2cl:; do \
+	        sweep: threads:--settle=60 i2cl: attach:; do \
 		name=$${script%%:*}; options=$$(echo $${script#*:} | tr ',=' '  '); \
 		$(BIN)/python benchmarks/$$name.py $$options || exit 1; \
 	done

@@ -1,6 +1,6 @@
 """The two backends behind one hook surface: ``HookedTransformer`` and ``TransformerBridge``.
 
-icl_mech codes against what both share: ``hook_dict``, ``hooks()``, ``run_with_hooks``, the
+icl_mech codes against what both share: ``hook_dict``, ``HookPoint.add_hook``, the
 canonical hook names (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_pattern``, ...)
 and ``cfg``. TransformerLens 3.x has both; 4.0 removed ``HookedTransformer``, so the default
 backend is ``"hooked"`` on 3.x and ``"bridge"`` on 4.x. What differs lives here, once:
@@ -9,6 +9,10 @@ backend is ``"hooked"`` on 3.x and ``"bridge"`` on 4.x. What differs lives here,
   ``blocks.{l}.hook_in`` and calls hook functions with the canonical name. ``hook_pairs``
   resolves filters to names and hands every function the name it was attached under, so
   ``Capture`` and every item see the same names on both backends;
+- attaching: the bridge rebuilds ``hook_dict`` (every alias resolved) on each access, and its
+  ``hooks()`` does so for every hook it adds; :func:`hook_points` keeps one map per model and
+  :func:`hooks_added` adds and removes hooks on the points themselves, so a short forward with
+  a few hooks costs the same on both backends (``benchmarks/attach.py``);
 - ``start_at_layer``/``stop_at_layer``: the bridge's forward is the Hugging Face model's own;
   :func:`icl_mech.resume.forward_from` runs any block range on a given stream on both;
 - the key/value cache (:mod:`icl_mech.kv_cache`): ``KVCache`` wraps TransformerLens's cache
@@ -31,7 +35,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -95,6 +101,67 @@ class NamedHook:
         return getattr(self._hook, attribute)
 
 
+SWITCHES = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in")
+_POINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def hook_points(model) -> dict:
+    """Every hook point by name, aliases included (``model.hook_dict``). The bridge rebuilds its
+    ``hook_dict``, resolving every alias, on each access (1 to 5 ms, more than a short forward
+    of a small model spends on a layer); here it is built once per model, and again when the
+    bridge has registered new hook points."""
+    if not is_bridge(model):
+        return model.hook_dict
+    size = len(model._hook_registry)
+    cached = _POINTS.get(model)
+    if cached is None or cached[0] != size:
+        cached = _POINTS[model] = (size, dict(model.hook_dict))
+    return cached[1]
+
+
+@contextmanager
+def hooks_added(model, fwd: Sequence[tuple], bwd: Sequence[tuple] = ()) -> Iterator:
+    """``model.hooks(fwd, bwd)`` for ``(name, fn)`` pairs, on both backends, at a fraction of
+    its cost: TransformerLens's reset on exit visits every hook point of the model, and the
+    bridge's resolves every alias again for each hook it adds. Every pair is checked before the
+    first hook is added; only this block's hooks are removed, on every exit path."""
+    points = hook_points(model)
+    added = [(points[name], name, fn, d) for d, pairs in (("fwd", fwd), ("bwd", bwd))
+             for name, fn in pairs]  # fmt: skip
+    for point, name, fn, direction in added:
+        _check_switched_on(model, point, name, fn, direction)
+    level = (getattr(model, "context_level", None) or 0) + 1
+    model.context_level = level
+    try:
+        for point, _, fn, direction in added:
+            point.add_hook(fn, dir=direction, level=level)
+        yield model
+    finally:
+        for point, direction in {(id(p), d): (p, d) for p, _, _, d in added}.values():
+            point.remove_hooks(direction, level=level)
+        model.context_level = level - 1
+
+
+def _check_switched_on(model, point, name: str, fn: Callable, direction: str) -> None:
+    """Hook points such as ``attn.hook_result`` fire only once the model computes them
+    (``model.set_use_attn_result(True)``); a hook there would otherwise never run. The check is
+    TransformerLens's own, so a switch it adds is checked too."""
+    if is_bridge(model):
+        reason = model._gated_hook_reason(point.name or name)
+    else:
+        try:
+            model.check_hooks_to_add(point, name, fn, dir=direction)
+            return
+        except AssertionError as error:
+            reason = next((s for s in SWITCHES if s in str(error)), str(error))
+    if reason is not None:
+        setter = f"model.set_{reason}(True)" if reason in SWITCHES else "its switch"
+        raise IclMechError(
+            f"hook point {name!r} is switched off on this model ({reason} is False), so a hook "
+            f"there would never run; call {setter} before attaching, or choose another point"
+        )
+
+
 def hook_pairs(model, points_and_fns: Sequence[tuple]) -> list[tuple[str, Callable]]:
     """``(name, fn)`` pairs for ``model.hooks``: a filter becomes the names it selects (one per
     hook point, the first name in ``hook_dict`` order); on the bridge each function is called
@@ -111,7 +178,7 @@ def hook_pairs(model, points_and_fns: Sequence[tuple]) -> list[tuple[str, Callab
 def _selected(model, keep: Callable[[str], bool]) -> list[str]:
     gated = getattr(model, "_gated_hook_reason", None)
     seen, names = set(), []
-    for name, point in model.hook_dict.items():
+    for name, point in hook_points(model).items():
         if id(point) in seen or not keep(name):
             continue
         if gated is not None and gated(name) is not None:
@@ -148,7 +215,7 @@ def finite_padding_rows(model) -> list[tuple[str, Callable]]:
         return scores.masked_fill(dead, 0.0) if bool(dead.any()) else None
 
     names = [f"blocks.{layer}.attn.hook_attn_scores" for layer in range(model.cfg.n_layers)]
-    return [(name, finite) for name in names if name in model.hook_dict]
+    return [(name, finite) for name in names if name in hook_points(model)]
 
 
 # --- forward passes -------------------------------------------------------------------------
@@ -192,6 +259,8 @@ __all__ = [
     "default_backend",
     "finite_padding_rows",
     "hook_pairs",
+    "hook_points",
+    "hooks_added",
     "is_bridge",
     "keep_last",
     "sliding_window",

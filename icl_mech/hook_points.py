@@ -14,6 +14,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from icl_mech import validate
+from icl_mech.backends import hook_points
 from icl_mech.errors import IclMechError
 from icl_mech.positions import Positions, resolve
 from icl_mech.prompt_batch import PromptBatch
@@ -113,8 +114,8 @@ def point_name(point, what: str) -> str:
 
 
 def check_point(model, name: str) -> None:
-    if name not in model.hook_dict:
-        close = difflib.get_close_matches(name, list(model.hook_dict), n=3)
+    if name not in hook_points(model):
+        close = difflib.get_close_matches(name, list(hook_points(model)), n=3)
         hint = f"; did you mean {close}?" if close else ""
         raise IclMechError(f"unknown hook point {name!r} on {model_name(model)}{hint}")
 

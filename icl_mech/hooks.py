@@ -3,7 +3,7 @@
 An item yields ``HookSpec``s (hook point name or filter, function, "fwd" | "bwd") computed
 from the model and the ``PromptBatch``. ``attach`` is the only place hooks are added; it
 validates every spec before any forward pass and removes all hooks on every exit path
-(exceptions and KeyboardInterrupt included) through ``model.hooks``.
+(exceptions and KeyboardInterrupt included): :func:`icl_mech.backends.hooks_added`.
 
 Composition order: items run in the order given to ``attach``. On the same hook point a
 later item sees the activation as the earlier items left it; on different hook points the
@@ -133,21 +133,8 @@ def attach(model, *items: Hooked | HookSpec, batch: PromptBatch | None = None) -
     fwd = backends.hook_pairs(model, [(s.point, s.fn) for s in specs if s.direction == "fwd"])
     fwd += backends.finite_padding_rows(model)  # the bridge only: finite gradients, see there
     bwd = backends.hook_pairs(model, [(s.point, s.fn) for s in specs if s.direction == "bwd"])
-    level = getattr(model, "context_level", None)
-    if backends.is_bridge(model) or not isinstance(level, int):
-        with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=True):
-            yield model
-        return
-    # TransformerLens's own reset on exit visits every hook point of the model (most of the cost
-    # of attaching a few hooks for a short forward); only the points used here are cleared, at
-    # this block's context level, on every exit path (a failure while adding hooks included)
-    try:
-        with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=False):
-            yield model
-    finally:
-        for pairs, direction in ((fwd, "fwd"), (bwd, "bwd")):
-            for name in dict.fromkeys(name for name, _ in pairs):
-                model.hook_dict[name].remove_hooks(direction, level=level + 1)
+    with backends.hooks_added(model, fwd, bwd):
+        yield model
 
 
 def run(model, batch: PromptBatch, *items: Hooked | HookSpec, **forward_kwargs) -> Tensor:

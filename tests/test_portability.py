@@ -303,6 +303,17 @@ def test_registry(models, memo, column):
     with pytest.raises(RuntimeError, match="boom"):
         run(model, batch, *items, HookSpec(resid, fail))
     assert not any(p.fwd_hooks or p.bwd_hooks for p in model.hook_dict.values())
+    # a switched-off point is refused before any hook is added
+    with pytest.raises(IclMechError, match=r"switched off .*model\.set_use_attn_result\(True\)"):
+        run(model, batch, Capture(resid), Capture(f"blocks.{layer}.attn.hook_result"))
+    assert not any(p.fwd_hooks or p.bwd_hooks for p in model.hook_dict.values())
+    # nested blocks: the inner block's exit leaves the outer block's hooks
+    point = model.hook_dict[resid]
+    with attach(model, Capture(resid)):
+        with attach(model, Capture(resid), Capture(resid)):
+            assert len(point.fwd_hooks) == 3
+        assert len(point.fwd_hooks) == 1
+    assert not point.fwd_hooks
     with torch.no_grad():  # and the model is as before
         close(target_logits(model, batch), base, scale, 1e-5)
     hooked = partner_result(memo, models, "registry", column, _registry)

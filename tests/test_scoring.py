@@ -61,14 +61,16 @@ def scored_text(tokenizer, task, answer: str) -> str:
 
 def reference_correct(model, prompt: ICLPrompt, steps: int = 4) -> bool:
     """Greedy continuation by full forwards (no cache, no hooks), decoded and compared with the
-    gold answer's text."""
+    gold answer's text; at most ``steps`` tokens, fewer once the text is as long as the gold's."""
+    gold = scored_text(model.tokenizer, prompt.task, prompt.answer)
     tokens = PromptBatch.from_prompts(model, [prompt]).tokens
+    start, text = tokens.shape[1], ""
     with torch.no_grad():
-        for _ in range(steps):
+        while len(text) < len(gold) and tokens.shape[1] - start < steps:
             following = model(tokens)[0, -1].argmax()
             tokens = torch.cat([tokens, following.view(1, 1)], dim=1)
-    text = model.tokenizer.decode(tokens[0, -steps:])
-    return text.startswith(scored_text(model.tokenizer, prompt.task, prompt.answer))
+            text = model.tokenizer.decode(tokens[0, start:])
+    return text.startswith(gold)
 
 
 @pytest.fixture(scope="module", params=["embedded", "gemma-3-270m"])

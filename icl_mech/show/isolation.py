@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from icl_mech import validate
+from icl_mech.backends import hook_points
 from icl_mech.errors import IclMechError
 from icl_mech.hooks import Hooked, collect_specs
 from icl_mech.prompt_batch import PromptBatch
@@ -174,13 +175,13 @@ def cut_edges(model, batch: PromptBatch, intervention: Hooked) -> CutEdges:
         names = (
             [spec.point]
             if isinstance(spec.point, str)
-            else list(filter(spec.point, model.hook_dict))
+            else list(filter(spec.point, hook_points(model)))
         )
         for name in names:
             if spec.direction != "fwd" or not name.endswith(SCORES):
                 continue
             scores = torch.zeros(shape, dtype=model.cfg.dtype, device=model.cfg.device)
-            out = spec.fn(scores, model.hook_dict[name])
+            out = spec.fn(scores, hook_points(model)[name])
             changed = ((scores if out is None else out) != 0).any(dim=1).cpu()
             layer = int(name.split(".")[1])
             by_layer[layer] = by_layer.get(layer, torch.zeros_like(changed)) | changed
