@@ -5,7 +5,8 @@
 - ``icl_mech.layout``: weights laid out for ``F.linear`` change no number and are put back;
 - steering: the hook with its precomputed directions equals the formula as it was written;
 - generation: with the weights laid out, the same tokens and the same last-layer states;
-- ``attach``: clearing only the points it used leaves no hook behind, nested blocks included.
+- ``attach``: clearing only the points it used leaves no hook behind, nested blocks included, on
+  both backends; on the bridge the hook points are resolved once per model.
 """
 
 import copy
@@ -261,8 +262,17 @@ def test_steered_generation_equals_the_old_path_on_the_embedded_model(embedded, 
 # --- attach -----------------------------------------------------------------------------------
 
 
-def test_attach_clears_only_its_own_hooks_on_every_exit(tiny_llama):
-    model = tiny_llama
+@pytest.fixture(scope="module", params=["hooked", "bridge"])
+def llama_of_each_backend(request, tiny_llama):
+    if request.param == "bridge":
+        return tiny_model("llama", backend="bridge")
+    if is_bridge(tiny_llama):
+        pytest.skip("TransformerLens 4 has no HookedTransformer")
+    return tiny_llama
+
+
+def test_attach_clears_only_its_own_hooks_on_every_exit(llama_of_each_backend):
+    model = llama_of_each_backend
     seen = []
     outer = HookSpec("blocks.0.hook_resid_post", lambda x, hook: seen.append("outer"))
     inner = [
@@ -280,4 +290,25 @@ def test_attach_clears_only_its_own_hooks_on_every_exit(tiny_llama):
         with pytest.raises(RuntimeError, match="boom"), attach(model, *inner):
             raise RuntimeError("boom")
         assert len(model.hook_dict["blocks.0.hook_resid_post"].fwd_hooks) == 1
+    assert no_hooks_left(model)
+
+
+def test_attaching_to_a_bridge_resolves_its_hook_points_once(monkeypatch):
+    """The bridge rebuilds ``hook_dict`` (every alias resolved) on each read; ``attach`` reads
+    it once per model, not once per hook or per block."""
+    model = tiny_model("llama", backend="bridge")
+    batch = sentiment_batch(model, n=2)
+    reads = []
+    hook_dict = type(model).hook_dict
+    monkeypatch.setattr(type(model), "hook_dict",
+                        property(lambda self: reads.append(1) or hook_dict.fget(self)))  # fmt: skip
+    items = [
+        Capture("blocks.0.hook_resid_pre"),
+        AddVector("blocks.1.hook_resid_post", torch.ones(64)),
+    ]
+    with torch.no_grad():
+        for _ in range(3):
+            with attach(model, *items, batch=batch):
+                model(batch.tokens, attention_mask=batch.attention_mask)
+    assert len(reads) == 1
     assert no_hooks_left(model)
