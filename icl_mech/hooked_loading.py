@@ -16,13 +16,6 @@ if TYPE_CHECKING:  # TransformerLens 4 has no HookedTransformer: imported where 
     from transformer_lens import HookedTransformer
 
 MAX_CTX = 2048  # TransformerLens allocates an n_ctx x n_ctx mask per layer
-_NO_PROCESSING = dict(
-    fold_ln=False,
-    center_writing_weights=False,
-    center_unembed=False,
-    fold_value_biases=False,
-    refactor_factored_attn_matrices=False,
-)
 
 
 def check_n_ctx(n_ctx: int, maximum: int, name: str) -> None:
@@ -59,13 +52,21 @@ def hooked_from_folder(
     config.update(
         model_name=name, device=how["device"], dtype=how["dtype"], n_devices=how["n_devices"]
     )
+    config["init_weights"] = False  # every weight is overwritten from the folder (load_weights)
     cfg = HookedTransformerConfig(**config)
     hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=how["dtype"])
     state_dict = get_pretrained_state_dict(official or str(folder), cfg, hf_model=hf_model)
     del hf_model
     model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="left")
-    model.load_and_process_state_dict(state_dict, **_NO_PROCESSING)
+    load_weights(model, state_dict)
     return _placed(model, how)
+
+
+def load_weights(model: HookedTransformer, state_dict: dict) -> None:
+    """``model.load_and_process_state_dict(state_dict)`` with every processing step off, in one
+    ``load_state_dict``: TransformerLens 3.x loads key by key, each call walking the whole module
+    tree (most of a warm load). Strict: every weight of the model comes from ``state_dict``."""
+    model.load_state_dict(model.fill_missing_keys(state_dict), strict=True)
 
 
 def hooked_from_name(name: str, how: dict) -> HookedTransformer:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from icl_mech import IclMechError, models, tiny_model
+from icl_mech import IclMechError, hooked_loading, models, tiny_model
 from icl_mech.backends import is_bridge
 from icl_mech.cache_keys import HASH_INDEX, keyed_folder
 
@@ -19,10 +19,21 @@ def test_embedded_logits_equal_transformers_model(embedded):
 
 
 @pytest.mark.embedded
-def test_weights_laid_out_at_load_change_no_number(embedded):
+def test_weights_loaded_in_one_call_and_laid_out_change_no_number(embedded, monkeypatch):
+    """The "before" is TransformerLens's own: weights loaded key by key by
+    ``load_and_process_state_dict`` (every processing step off), in TransformerLens's layout."""
     if is_bridge(embedded):
         pytest.skip("linear_layout lays out HookedTransformer weights; the bridge keeps its own")
-    stored = models.load_model(linear_layout=False)  # TransformerLens's own layout
+    own_loads = []
+
+    def own_loading(model, state_dict):
+        own_loads.append(1)
+        off = dict(fold_ln=False, center_writing_weights=False, center_unembed=False)
+        model.load_and_process_state_dict(state_dict, fold_value_biases=False, **off)
+
+    monkeypatch.setattr(hooked_loading, "load_weights", own_loading)
+    stored = models.load_model(linear_layout=False)
+    assert own_loads == [1]
     assert all(p.is_contiguous() for p in stored.parameters())
     relaid = {n for n, p in embedded.named_parameters() if not p.is_contiguous()}
     assert {"unembed.W_U", "blocks.0.mlp.W_in", "blocks.0.attn.W_Q"} <= relaid
