@@ -163,7 +163,7 @@ def _check_switched_on(model, point, name: str, fn: Callable, direction: str) ->
 
 
 def hook_pairs(model, points_and_fns: Sequence[tuple]) -> list[tuple[str, Callable]]:
-    """``(name, fn)`` pairs for ``model.hooks``: a filter becomes the names it selects (one per
+    """``(name, fn)`` pairs for :func:`hooks_added`: a filter becomes the names it selects (one per
     hook point, the first name in ``hook_dict`` order); on the bridge each function is called
     with the name it was attached under (the bridge passes the canonical name otherwise)."""
     bridge = is_bridge(model)
