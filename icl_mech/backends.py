@@ -154,12 +154,16 @@ def _check_switched_on(model, point, name: str, fn: Callable, direction: str) ->
             return
         except AssertionError as error:
             reason = next((s for s in SWITCHES if s in str(error)), str(error))
-    if reason is not None:
-        setter = f"model.set_{reason}(True)" if reason in SWITCHES else "its switch"
-        raise IclMechError(
-            f"hook point {name!r} is switched off on this model ({reason} is False), so a hook "
-            f"there would never run; call {setter} before attaching, or choose another point"
-        )
+    if reason is None:
+        return
+    known = reason in SWITCHES
+    why, setter = (
+        (f"{reason} is False", f"model.set_{reason}(True)") if known else (reason, "its switch")
+    )
+    raise IclMechError(
+        f"hook point {name!r} is switched off on this model ({why}), so a hook there would "
+        f"never run; call {setter} before attaching, or choose another point"
+    )
 
 
 def hook_pairs(model, points_and_fns: Sequence[tuple]) -> list[tuple[str, Callable]]:
